@@ -1,0 +1,188 @@
+"""Learnable text context: a shared prompt S (sent to the server) and a private prompt P (never).
+
+Each class prompt is ``[BOS] ctx_1 .. ctx_h  <class name tokens> . [EOS]``: the context vectors sit
+between the start token and the frozen class-name tokens (CoOp). With ``fusion='separate'`` the
+model has two prompts per class (S-only and P-only, as FedOTP); with ``fusion='concat'`` the
+personal prompt is ``[BOS] S P <class>`` and the S-only prompt stays the global model.
+
+Only ``shared_ctx`` and ``private_ctx`` are parameters, so ``state_dict()`` holds exactly the
+tensors a method may share or keep; all token embeddings are non-persistent buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from task.backbone import Backbone
+from task.config import ConfigError, PromptConfig
+from task.text_encoder import PromptTextEncoder
+
+SHARED_KEY = "shared_ctx"
+PRIVATE_KEY = "private_ctx"
+MAX_POSITIONS = 77
+
+
+@dataclass
+class PromptFeatures:
+    """L2-normalised class text features of the global (shared) and personal prompts."""
+
+    shared: torch.Tensor | None  # [C, D]
+    personal: torch.Tensor | None  # [C, D]: P-only (separate) or [S; P] (concat)
+
+
+class PromptLearner(nn.Module):
+    """Shared and/or private context vectors plus the frozen pieces around them."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        class_names: list[str],
+        cfg: PromptConfig,
+        with_shared: bool = True,
+        with_private: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not class_names:
+            raise ValueError("class_names is empty: a prompt learner needs at least one class")
+        if not (with_shared or with_private):
+            raise ValueError("a prompt learner needs a shared or a private prompt")
+        self.cfg = cfg
+        self.class_names = list(class_names)
+        # Held in a tuple so the frozen CLIP text model is not a registered submodule: the
+        # learner's parameters() and state_dict() are then exactly its context vectors.
+        self._frozen = (PromptTextEncoder(backbone.model),)
+        self.full_length = False  # True: pad every prompt to 77 tokens (the naive reference path)
+        tok = backbone.tokenizer
+        embedding = backbone.model.text_model.embeddings.token_embedding
+        device = embedding.weight.device
+        ids = tok(
+            [f"{name}." for name in self.class_names],
+            padding="max_length",
+            max_length=MAX_POSITIONS,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        eos_id = tok.eos_token_id
+        suffix_ids = ids[:, 1:]
+        is_eos = suffix_ids == eos_id
+        if not bool(is_eos.any(dim=1).all()):
+            raise ValueError("a class name is too long for CLIP's 77-token context")
+        with torch.no_grad():
+            self.register_buffer("bos_embed", embedding(ids[:1, :1]), persistent=False)
+            self.register_buffer("suffix_embeds", embedding(suffix_ids), persistent=False)
+        self.register_buffer("suffix_eos", is_eos.int().argmax(dim=1), persistent=False)
+
+        generator = torch.Generator().manual_seed(seed)
+        phrase = self._phrase_embeds(tok, embedding)
+        width = embedding.weight.shape[1]
+        self.shared_ctx: nn.Parameter | None = None
+        self.private_ctx: nn.Parameter | None = None
+        if with_shared:
+            self.shared_ctx = nn.Parameter(self._init_ctx(phrase, width, generator, device))
+        if with_private:
+            use_phrase = cfg.private_init == "phrase"
+            init = self._init_ctx(phrase if use_phrase else None, width, generator, device)
+            self.private_ctx = nn.Parameter(init)
+        longest = 1 + self._personal_ctx_len() + int(self.suffix_eos.max()) + 1
+        if longest > MAX_POSITIONS:
+            raise ConfigError(
+                f"prompts need {longest} tokens, more than CLIP's {MAX_POSITIONS}; "
+                "lower prompt.n-ctx or shorten class names"
+            )
+
+    @property
+    def encoder(self) -> PromptTextEncoder:
+        return self._frozen[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.bos_embed.device
+
+    # -- construction helpers -------------------------------------------------------------
+    def _phrase_embeds(self, tok: object, embedding: nn.Embedding) -> torch.Tensor | None:
+        if not self.cfg.init:
+            return None
+        phrase_ids = tok(self.cfg.init, add_special_tokens=False).input_ids
+        if len(phrase_ids) > self.cfg.n_ctx:
+            raise ConfigError(
+                f"prompt.init {self.cfg.init!r} is {len(phrase_ids)} tokens, more than "
+                f"prompt.n-ctx={self.cfg.n_ctx}; raise n-ctx or shorten the phrase"
+            )
+        with torch.no_grad():
+            ids = torch.tensor(phrase_ids, device=embedding.weight.device)
+            return embedding(ids).detach().clone()
+
+    def _init_ctx(
+        self,
+        phrase: torch.Tensor | None,
+        width: int,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Phrase embeddings, front-padded with small random vectors up to n_ctx."""
+        n_phrase = 0 if phrase is None else phrase.shape[0]
+        noise = torch.randn(self.cfg.n_ctx - n_phrase, width, generator=generator)
+        ctx = noise * self.cfg.init_std
+        if phrase is not None:
+            ctx = torch.cat([ctx, phrase.float().cpu()], dim=0)
+        return ctx.to(device)  # parameters stay fp32 even on a half-precision backbone
+
+    def _personal_ctx_len(self) -> int:
+        n = self.cfg.n_ctx
+        if self.private_ctx is None:
+            return n
+        return 2 * n if self.cfg.fusion == "concat" and self.shared_ctx is not None else n
+
+    # -- forward --------------------------------------------------------------------------
+    def personal_context(self) -> torch.Tensor | None:
+        """Context of the personal prompt: P (separate) or [S; P] (concat); None without P."""
+        if self.private_ctx is None:
+            return None
+        if self.cfg.fusion == "concat" and self.shared_ctx is not None:
+            return torch.cat([self.shared_ctx, self.private_ctx], dim=0)
+        return self.private_ctx
+
+    def forward(self, shared: bool = True, personal: bool = True) -> PromptFeatures:
+        """Encode the requested prompts for every class in one batched text-encoder call."""
+        contexts: list[torch.Tensor] = []
+        if shared and self.shared_ctx is not None:
+            contexts.append(self.shared_ctx)
+        personal_ctx = self.personal_context() if personal else None
+        if personal_ctx is not None:
+            contexts.append(personal_ctx)
+        if not contexts:
+            return PromptFeatures(None, None)
+        feats = F.normalize(self.encode_contexts(contexts).float(), dim=-1)
+        chunks = list(feats.split(len(self.class_names)))
+        shared_feats = chunks.pop(0) if shared and self.shared_ctx is not None else None
+        personal_feats = chunks.pop(0) if personal_ctx is not None else None
+        return PromptFeatures(shared_feats, personal_feats)
+
+    def encode_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """Unnormalised text features [len(contexts) * C, D] for several context tensors."""
+        n_classes = len(self.class_names)
+        longest_suffix = int(self.suffix_eos.max()) + 1
+        length = max(1 + c.shape[0] + longest_suffix for c in contexts)
+        if self.full_length:
+            length = MAX_POSITIONS
+        dtype = self.suffix_embeds.dtype
+        seqs, eos = [], []
+        for ctx in contexts:
+            k = ctx.shape[0]
+            seqs.append(
+                torch.cat(
+                    [
+                        self.bos_embed.expand(n_classes, -1, -1),
+                        ctx.to(dtype).unsqueeze(0).expand(n_classes, -1, -1),
+                        self.suffix_embeds[:, : length - 1 - k],
+                    ],
+                    dim=1,
+                )
+            )
+            eos.append(self.suffix_eos + 1 + k)
+        return self.encoder(torch.cat(seqs), torch.cat(eos))

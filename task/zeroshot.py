@@ -1,0 +1,36 @@
+"""Zero-shot CLIP: class features from hand-written remote-sensing templates (an ensemble)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from task.backbone import Backbone
+from task.prompt_learner import PromptFeatures
+
+RS_TEMPLATES: tuple[str, ...] = (
+    "a satellite photo of a {}.",
+    "an aerial image of {}.",
+    "a remote sensing image of a {}.",
+    "a top-down view of {}.",
+    "an aerial photo of a {}.",
+    "a satellite image of {}.",
+)
+
+
+@torch.no_grad()
+def zeroshot_features(
+    backbone: Backbone, class_names: list[str], templates: tuple[str, ...] = RS_TEMPLATES
+) -> PromptFeatures:
+    """Mean of the normalised template features per class, renormalised (CLIP's ensembling)."""
+    model, tok = backbone.model, backbone.tokenizer
+    per_template = []
+    for template in templates:
+        inputs = tok([template.format(c) for c in class_names], padding=True, return_tensors="pt")
+        out = model.get_text_features(
+            input_ids=inputs.input_ids.to(backbone.device),
+            attention_mask=inputs.attention_mask.to(backbone.device),
+        )
+        per_template.append(F.normalize(out.pooler_output.float(), dim=-1))
+    mean = torch.stack(per_template).mean(dim=0)
+    return PromptFeatures(shared=F.normalize(mean, dim=-1), personal=None)

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from task.backbone import load_backbone
+from task.config import LossConfig, ModelConfig, PromptConfig, TrainConfig
+from task.data.records import CorruptImageError, ImageRecord
+from task.features import FeatureCache, FeatureSet, extract_features
+from task.losses import objective
+from task.methods import get_method
+from task.prompt_learner import PromptLearner
+from tests.conftest import TINY_CLASSES, save_tiny_clip
+
+
+def _records(root):
+    recs = []
+    for label, name in enumerate(TINY_CLASSES):
+        for path in sorted((root / name).iterdir()):
+            recs.append(ImageRecord(f"{name}/{path.name}", str(path), label))
+    return recs
+
+
+def test_cache_roundtrip_and_reuse(tmp_path, tiny_backbone, synthetic_image_root):
+    records = _records(synthetic_image_root)
+    cache = FeatureCache(tmp_path / "cache")
+    first = cache.load_or_extract(tiny_backbone, records, with_patches=True, progress=False)
+    files = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 1 and not list((tmp_path / "cache").glob(".*tmp"))
+    again = cache.load_or_extract(tiny_backbone, records, with_patches=False, progress=False)
+    assert again.ids == first.ids and again.patches is None
+    torch.testing.assert_close(again.global_, first.global_)
+    assert first.patches.dtype == torch.float16
+    assert torch.equal(first.labels, torch.tensor([r.label for r in records]))
+
+
+def test_global_only_cache_is_upgraded_when_patches_needed(
+    tmp_path, tiny_backbone, synthetic_image_root
+):
+    records = _records(synthetic_image_root)
+    cache = FeatureCache(tmp_path)
+    assert cache.load_or_extract(tiny_backbone, records, False, progress=False).patches is None
+    assert cache.load_or_extract(tiny_backbone, records, True, progress=False).patches is not None
+
+
+def test_no_stale_hits_for_other_model_preprocessing_or_files(
+    tmp_path, tiny_backbone, synthetic_image_root
+):
+    records = _records(synthetic_image_root)
+    cache = FeatureCache(tmp_path / "cache")
+    key = cache.key(tiny_backbone, records)
+    other_model = load_backbone(ModelConfig(name=str(save_tiny_clip(tmp_path / "m", seed=5))))
+    assert cache.key(other_model, records) != key
+    other_pre = load_backbone(ModelConfig(name=str(save_tiny_clip(tmp_path / "p", seed=0))))
+    other_pre.image_processor.image_mean = [0.5, 0.5, 0.5]
+    assert other_pre.identity == tiny_backbone.identity
+    assert cache.key(other_pre, records) != key
+    assert cache.key(tiny_backbone, records[:-1]) != key
+    with open(records[0].path, "ab") as f:  # same id, changed file
+        f.write(b"\0")
+    assert cache.key(tiny_backbone, records) != key
+
+
+def test_training_loss_from_cache_equals_on_the_fly(tmp_path, tiny_backbone, synthetic_image_root):
+    records = _records(synthetic_image_root)[:16]
+    cached = FeatureCache(tmp_path).load_or_extract(tiny_backbone, records, True, progress=False)
+    cached = FeatureCache(tmp_path).load_or_extract(tiny_backbone, records, True, progress=False)
+    learner = PromptLearner(tiny_backbone, TINY_CLASSES, PromptConfig())
+    from task.data.records import load_rgb
+
+    pixels = tiny_backbone.preprocess([load_rgb(r.path) for r in records])
+    live = tiny_backbone.encode_images(pixels, with_patches=True)
+    labels = torch.tensor([r.label for r in records])
+    method, cfg = get_method("fedrsclip"), LossConfig()
+    feats = learner()
+    from_cache = objective(method, cfg, feats, cached.global_, cached.patches.float(), labels, 10.0)
+    on_the_fly = objective(method, cfg, feats, live.global_, live.patches, labels, 10.0)
+    assert from_cache.parts["loss"] == pytest.approx(on_the_fly.parts["loss"], abs=1e-3)
+    assert from_cache.parts["ce"] == pytest.approx(on_the_fly.parts["ce"], abs=1e-5)
+    assert TrainConfig()  # config types import cleanly
+
+
+def test_corrupt_image_named_or_skipped(tmp_path, tiny_backbone, synthetic_image_root):
+    records = _records(synthetic_image_root)
+    bad = synthetic_image_root / "river" / "river_00.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(CorruptImageError, match="river_00.png"):
+        extract_features(tiny_backbone, records, False, progress=False)
+    feats = extract_features(tiny_backbone, records, False, skip_corrupt=True, progress=False)
+    assert feats.skipped == 1 and len(feats) == len(records) - 1
+    assert "river/river_00.png" not in feats.ids
+    assert isinstance(feats, FeatureSet)

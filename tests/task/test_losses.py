@@ -1,0 +1,91 @@
+import torch
+import torch.nn.functional as F
+
+from task.config import LossConfig
+from task.losses import compute_logits, dual_prompt_alignment, objective, prompt_set
+from task.methods import get_method
+from task.prompt_learner import PromptFeatures
+
+
+def _feats(c=4, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shared = F.normalize(torch.randn(c, d, generator=g), dim=-1)
+    personal = F.normalize(torch.randn(c, d, generator=g), dim=-1)
+    return PromptFeatures(shared.requires_grad_(True), personal.requires_grad_(True))
+
+
+def _images(b=5, n=6, d=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        F.normalize(torch.randn(b, d, generator=g), dim=-1),
+        F.normalize(torch.randn(b, n, d, generator=g), dim=-1),
+        torch.randint(0, 4, (b,), generator=g),
+    )
+
+
+def test_dpa_pulls_personal_only_and_prefers_matching_classes():
+    feats = _feats()
+    loss = dual_prompt_alignment(feats.personal, feats.shared, scale=10.0)
+    loss.backward()
+    assert feats.shared.grad is None
+    assert feats.personal.grad is not None
+    aligned = dual_prompt_alignment(feats.shared.detach(), feats.shared.detach(), scale=10.0)
+    assert aligned < loss
+
+
+def test_objective_parts_per_method():
+    feats = _feats()
+    image_global, patches, labels = _images()
+    cfg = LossConfig(alpha=1.0, beta=0.5)
+    full = objective(get_method("fedrsclip"), cfg, feats, image_global, patches, labels, 10.0)
+    assert set(full.parts) == {"ce", "dpa", "ot", "loss"}
+    expected = full.parts["ce"] + 1.0 * full.parts["dpa"] + 0.5 * full.parts["ot"]
+    assert abs(full.parts["loss"] - expected) < 1e-5
+    plain = objective(
+        get_method("promptfl"),
+        cfg,
+        PromptFeatures(feats.shared, None),
+        image_global,
+        None,
+        labels,
+        10.0,
+    )
+    assert set(plain.parts) == {"ce", "loss"}
+
+
+def test_ot_alignment_without_ot_head_equals_true_class_distance():
+    feats = _feats()
+    image_global, patches, labels = _images()
+    with_head = objective(
+        get_method("fedrsclip"),
+        LossConfig(alpha=0, beta=1.0, head="clip+ot"),
+        feats,
+        image_global,
+        patches,
+        labels,
+        10.0,
+    )
+    clip_head = objective(
+        get_method("fedrsclip"),
+        LossConfig(alpha=0, beta=1.0, head="clip"),
+        feats,
+        image_global,
+        patches,
+        labels,
+        10.0,
+    )
+    assert abs(with_head.parts["ot"] - clip_head.parts["ot"]) < 1e-6
+
+
+def test_heads_and_global_model_use_shared_only():
+    feats = _feats()
+    image_global, patches, _ = _images()
+    cfg = LossConfig()
+    clip_global, _ = compute_logits("clip", feats, image_global, None, 2.0, cfg, personalised=False)
+    torch.testing.assert_close(clip_global, 2.0 * image_global @ feats.shared.t())
+    clip_pers, _ = compute_logits("clip", feats, image_global, None, 2.0, cfg, personalised=True)
+    torch.testing.assert_close(clip_pers, 2.0 * image_global @ feats.personal.t())
+    assert prompt_set(feats, personalised=False).shape == (4, 1, 8)
+    assert prompt_set(feats, personalised=True).shape == (4, 2, 8)
+    both, res = compute_logits("clip+ot", feats, image_global, patches, 2.0, cfg, True)
+    torch.testing.assert_close(both, (clip_pers + 2.0 * res.similarity) / 2)

@@ -1,0 +1,68 @@
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from task.ot import paired_ot, patch_prompt_ot, sinkhorn_plan
+
+
+def _unit(*shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g, dtype=dtype), dim=-1)
+
+
+def test_plan_matches_pot_sinkhorn_and_marginals():
+    cost = torch.rand(3, 6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    plans = sinkhorn_plan(cost, reg=0.1, max_iter=2000, tol=1e-12)
+    for k in range(3):
+        a, b = np.full(6, 1 / 6), np.full(2, 1 / 2)
+        ref = ot.sinkhorn(a, b, cost[k].numpy(), reg=0.1, stopThr=1e-14, numItermax=10000)
+        np.testing.assert_allclose(plans[k].numpy(), ref, atol=1e-9)
+    torch.testing.assert_close(plans.sum(2), torch.full((3, 6), 1 / 6, dtype=torch.float64))
+    torch.testing.assert_close(plans.sum(1), torch.full((3, 2), 1 / 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_approaches_exact_ot_as_lambda_shrinks(seed):
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.rand(1, 5, 3, generator=g, dtype=torch.float64)
+    exact_plan = ot.emd(np.full(5, 0.2), np.full(3, 1 / 3), cost[0].numpy())
+    exact_cost = float((exact_plan * cost[0].numpy()).sum())
+    gaps = []
+    for reg in (0.1, 0.01, 0.002):
+        plan = sinkhorn_plan(cost, reg=reg, max_iter=20000, tol=1e-13)[0].numpy()
+        gaps.append(float((plan * cost[0].numpy()).sum()) - exact_cost)
+    assert all(gap >= -1e-9 for gap in gaps)  # exact OT is the minimum
+    assert gaps[0] >= gaps[1] >= gaps[2]
+    assert gaps[-1] < 2e-3
+    np.testing.assert_allclose(
+        sinkhorn_plan(cost, reg=0.002, max_iter=20000, tol=1e-13)[0].numpy(), exact_plan, atol=5e-3
+    )
+
+
+def test_batched_over_images_and_classes_equals_one_by_one():
+    patches, prompts = _unit(4, 7, 8, seed=3), _unit(3, 2, 8, seed=4)
+    batched = patch_prompt_ot(patches, prompts, reg=0.1, max_iter=500, tol=1e-12)
+    for b in range(4):
+        for c in range(3):
+            one = paired_ot(patches[b : b + 1], prompts[c : c + 1], 0.1, 500, 1e-12)
+            torch.testing.assert_close(batched.similarity[b, c], one.similarity[0, 0])
+            torch.testing.assert_close(batched.distance[b, c], one.distance[0, 0])
+
+
+def test_single_prompt_similarity_is_mean_patch_cosine():
+    patches, prompts = _unit(2, 5, 8, seed=5), _unit(3, 1, 8, seed=6)
+    res = patch_prompt_ot(patches, prompts, reg=0.1)
+    expected = torch.einsum("bnd,cd->bcn", patches, prompts[:, 0]).mean(-1)
+    torch.testing.assert_close(res.similarity, expected)
+
+
+def test_ot_distance_gradient_is_exact():
+    patches = _unit(2, 4, 3, seed=7).requires_grad_(True)
+    prompts = _unit(2, 2, 3, seed=8).requires_grad_(True)
+
+    def distance(p, t):
+        return paired_ot(p, t, reg=0.2, max_iter=5000, tol=1e-14).distance
+
+    assert torch.autograd.gradcheck(distance, (patches, prompts), eps=1e-6, atol=1e-6)
