@@ -1,0 +1,28 @@
+"""FedRSCLIP data layer: datasets -> records -> federations (no Flower server/client code)."""
+
+from task.data.config import DataConfig
+from task.data.errors import DataError
+from task.data.federation import (
+    ClientData,
+    Federation,
+    build_federation,
+    federate,
+    manifest_dict,
+    write_manifest,
+)
+from task.data.records import CorruptImageError, ImageRecord, load_rgb, validate_images
+
+__all__ = [
+    "ClientData",
+    "CorruptImageError",
+    "DataConfig",
+    "DataError",
+    "Federation",
+    "ImageRecord",
+    "build_federation",
+    "federate",
+    "load_rgb",
+    "manifest_dict",
+    "validate_images",
+    "write_manifest",
+]

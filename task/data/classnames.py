@@ -1,0 +1,195 @@
+"""Folder names -> prompt words ("baseballdiamond" -> "baseball diamond").
+
+CLIP prompts read "a photo of a {class}", so class names must be plain lower-case words.
+Each dataset has an explicit table; anything else goes through a generic rule (split
+separators and camel case, then split glued compounds with a small vocabulary).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+UCMERCED: dict[str, str] = {
+    "agricultural": "agricultural",
+    "airplane": "airplane",
+    "baseballdiamond": "baseball diamond",
+    "beach": "beach",
+    "buildings": "buildings",
+    "chaparral": "chaparral",
+    "denseresidential": "dense residential",
+    "forest": "forest",
+    "freeway": "freeway",
+    "golfcourse": "golf course",
+    "harbor": "harbor",
+    "intersection": "intersection",
+    "mediumresidential": "medium residential",
+    "mobilehomepark": "mobile home park",
+    "overpass": "overpass",
+    "parkinglot": "parking lot",
+    "river": "river",
+    "runway": "runway",
+    "sparseresidential": "sparse residential",
+    "storagetanks": "storage tanks",
+    "tenniscourt": "tennis court",
+}
+
+AID: dict[str, str] = {
+    "Airport": "airport",
+    "BareLand": "bare land",
+    "BaseballField": "baseball field",
+    "Beach": "beach",
+    "Bridge": "bridge",
+    "Center": "center",
+    "Church": "church",
+    "Commercial": "commercial",
+    "DenseResidential": "dense residential",
+    "Desert": "desert",
+    "Farmland": "farmland",
+    "Forest": "forest",
+    "Industrial": "industrial",
+    "Meadow": "meadow",
+    "MediumResidential": "medium residential",
+    "Mountain": "mountain",
+    "Park": "park",
+    "Parking": "parking lot",  # "a photo of a parking" reads badly; same scene as UCM's
+    "Playground": "playground",
+    "Pond": "pond",
+    "Port": "port",
+    "RailwayStation": "railway station",
+    "Resort": "resort",
+    "River": "river",
+    "School": "school",
+    "SparseResidential": "sparse residential",
+    "Square": "square",
+    "Stadium": "stadium",
+    "StorageTanks": "storage tanks",
+    "Viaduct": "viaduct",
+}
+
+
+def _split_words(text: str) -> list[str]:
+    return text.split()
+
+
+NWPU_RESISC45: dict[str, str] = {
+    n: n.replace("_", " ")
+    for n in _split_words(
+        "airplane airport baseball_diamond basketball_court beach bridge chaparral church "
+        "circular_farmland cloud commercial_area dense_residential desert forest freeway "
+        "golf_course ground_track_field harbor industrial_area intersection island lake meadow "
+        "medium_residential mobile_home_park mountain overpass palace parking_lot railway "
+        "railway_station rectangular_farmland river roundabout runway sea_ice ship snowberg "
+        "sparse_residential stadium storage_tank tennis_court terrace thermal_power_station "
+        "wetland"
+    )
+}
+
+OPTIMAL_31: dict[str, str] = {
+    n: n.replace("_", " ")
+    for n in _split_words(
+        "airplane airport baseball_diamond basketball_court beach bridge chaparral church "
+        "circular_farmland commercial_area dense_residential desert forest freeway golf_course "
+        "ground_track_field harbor industrial_area intersection island lake meadow "
+        "medium_residential mobile_home_park mountain overpass parking_lot railway "
+        "rectangular_farmland roundabout runway"
+    )
+}
+
+EUROSAT: dict[str, str] = {
+    "AnnualCrop": "annual crop",
+    "Forest": "forest",
+    "HerbaceousVegetation": "herbaceous vegetation",
+    "Highway": "highway",
+    "Industrial": "industrial buildings",
+    "Pasture": "pasture",
+    "PermanentCrop": "permanent crop",
+    "Residential": "residential buildings",
+    "River": "river",
+    "SeaLake": "sea or lake",
+    # spellings used by hub copies (blanchon/EuroSAT_RGB)
+    "Industrial Buildings": "industrial buildings",
+    "Residential Buildings": "residential buildings",
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    "ucmerced": UCMERCED,
+    "aid": AID,
+    "nwpu-resisc45": NWPU_RESISC45,
+    "optimal-31": OPTIMAL_31,
+    "eurosat": EUROSAT,
+}
+
+# Merges applied when datasets are federated together (after humanising): two datasets'
+# names for the same scene type map to one unified class. Extend with data.cross-aliases.
+CROSS_ALIASES: dict[str, str] = {
+    "parking": "parking lot",
+    "baseball field": "baseball diamond",
+    "storage tank": "storage tanks",
+    "industrial area": "industrial",
+    "commercial area": "commercial",
+    "sea or lake": "lake",
+}
+
+_EXTRA_WORDS = (
+    "land field court building area station power track ice tank lot home park crop "
+    "swimming pool sea lake road ground parking residential vegetation"
+)
+
+
+@lru_cache(maxsize=1)
+def _vocabulary() -> frozenset[str]:
+    words = set(_EXTRA_WORDS.split())
+    for table in TABLES.values():
+        for value in table.values():
+            words.update(w for w in value.split() if len(w) > 1 and w != "or")
+    return frozenset(words)
+
+
+def _segment(token: str) -> list[str] | None:
+    """Split a glued lower-case token into the fewest vocabulary words, or None."""
+    vocab = _vocabulary()
+    n = len(token)
+    best: list[list[str] | None] = [None] * (n + 1)
+    best[0] = []
+    for end in range(1, n + 1):
+        for start in range(end):
+            head = best[start]
+            word = token[start:end]
+            if head is not None and word in vocab:
+                cand = [*head, word]
+                if best[end] is None or len(cand) < len(best[end]):  # type: ignore[arg-type]
+                    best[end] = cand
+    return best[n]
+
+
+def humanize_generic(folder: str) -> str:
+    """Generic rule: separators and camel case to spaces, glued compounds split, lower case."""
+    text = re.sub(r"[_\-.]+", " ", folder.strip())
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", text)
+    text = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+    out: list[str] = []
+    for token in text.lower().split():
+        seg = None if token in _vocabulary() else _segment(token)
+        out.extend(seg if seg else [token])
+    return " ".join(out)
+
+
+def humanize(folder: str, dataset: str | None = None) -> str:
+    """Prompt words for a class folder: the dataset's table first, then the generic rule."""
+    table = TABLES.get(dataset or "", {})
+    if folder in table:
+        return table[folder]
+    return humanize_generic(folder)
+
+
+def harmonize(name: str, extra_aliases: dict[str, str] | None = None) -> str:
+    """Unified cross-dataset class name for a humanised name (aliases applied transitively)."""
+    aliases = {**CROSS_ALIASES, **(extra_aliases or {})}
+    seen = {name}
+    while name in aliases:
+        name = aliases[name]
+        if name in seen:
+            break
+        seen.add(name)
+    return name

@@ -1,0 +1,146 @@
+"""Data section of the run config (`data.*` keys), validated before any work starts.
+
+Flower's run config allows scalars only, so every field is a str/int/float/bool; list-like
+settings (cross-dataset federations) are small comma-separated strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTITIONERS = ("even", "quantity-skew", "dirichlet", "pathological")
+CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")
+VERIFY_MODES = ("none", "open", "decode")
+
+
+def _err(key: str, problem: str, fix: str) -> ValueError:
+    return ValueError(f"data.{key}: {problem}. Fix: {fix}")
+
+
+@dataclass
+class DataConfig:
+    """Which images, how they are split over clients, and how bad input is treated."""
+
+    dataset: str = "ucmerced"  # registry name (see task.data.registry.REGISTRY)
+    root: str = ""  # local <root>/<class>/<image>; "" -> the registry's hub dataset
+    hub_id: str = ""  # override the registry's hub dataset id
+    cache_dir: str = ".cache/datasets"  # where hub datasets are written out as image files
+    num_clients: int = 10
+    partitioner: str = "even"  # even | quantity-skew | dirichlet | pathological
+    alpha: float = 0.5  # Dirichlet concentration (dirichlet: labels, quantity-skew: sizes)
+    classes_per_client: int = 2  # pathological
+    class_assignment: str = "first-deterministic"  # pathological: flwr-datasets mode
+    min_client_size: int = 2  # dirichlet / quantity-skew: fewest images a client may get
+    test_fraction: float = 0.2  # per-client stratified held-out share
+    seed: int = 0
+    skip_corrupt: bool = False  # corrupt images: skip and count (True) or raise (False)
+    verify: str = "open"  # none | open (header, fast) | decode (full decode, slow)
+    cross: str = ""  # cross-dataset federation, "ucmerced:5,aid:5" (dataset:clients, ...)
+    cross_roots: str = ""  # local roots for `cross`, "ucmerced=/d/ucm,aid=/d/aid"
+    cross_aliases: str = ""  # extra class-name merges, "port=harbor,farmland=agricultural"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key and the fix for any impossible value."""
+        from task.data.registry import REGISTRY
+
+        if self.dataset not in REGISTRY:
+            raise _err(
+                "dataset",
+                f"unknown dataset {self.dataset!r}",
+                f"use one of {sorted(REGISTRY)} (imagefolder needs data.root)",
+            )
+        if self.dataset == "imagefolder" and not self.root and not self.cross:
+            raise _err("root", "dataset 'imagefolder' needs a local folder", "set data.root")
+        if self.num_clients < 1:
+            raise _err("num-clients", f"must be >= 1, got {self.num_clients}", "use 10, 20 or 40")
+        if self.partitioner not in PARTITIONERS:
+            raise _err(
+                "partitioner", f"unknown partitioner {self.partitioner!r}", f"use {PARTITIONERS}"
+            )
+        if not self.alpha > 0:
+            raise _err("alpha", f"must be > 0, got {self.alpha}", "use e.g. 0.1 .. 10")
+        if self.classes_per_client < 1:
+            raise _err(
+                "classes-per-client", f"must be >= 1, got {self.classes_per_client}", "use e.g. 2"
+            )
+        if self.class_assignment not in CLASS_ASSIGNMENTS:
+            raise _err(
+                "class-assignment",
+                f"unknown mode {self.class_assignment!r}",
+                f"use {CLASS_ASSIGNMENTS}",
+            )
+        if self.min_client_size < 2:
+            raise _err(
+                "min-client-size",
+                f"must be >= 2, got {self.min_client_size}",
+                "every client needs >= 1 train and >= 1 test image; use >= 2",
+            )
+        if not 0.0 < self.test_fraction < 1.0:
+            raise _err(
+                "test-fraction", f"must be in (0, 1), got {self.test_fraction}", "use e.g. 0.2"
+            )
+        if self.verify not in VERIFY_MODES:
+            raise _err("verify", f"unknown mode {self.verify!r}", f"use {VERIFY_MODES}")
+        if self.cross:
+            groups = self.cross_groups()
+            total = sum(k for _, k in groups)
+            if total != self.num_clients:
+                raise _err(
+                    "num-clients",
+                    f"is {self.num_clients} but data.cross={self.cross!r} asks for {total}",
+                    f"set data.num-clients={total}",
+                )
+            names = [n for n, _ in groups]
+            for name, _ in self.cross_root_map().items():
+                if name not in names:
+                    raise _err(
+                        "cross-roots",
+                        f"names {name!r}, which is not in data.cross",
+                        f"use only {names}",
+                    )
+            self.cross_alias_map()
+
+    def cross_groups(self) -> list[tuple[str, int]]:
+        """Parse `cross` into [(dataset, n_clients), ...] in the given order."""
+        from task.data.registry import REGISTRY
+
+        groups: list[tuple[str, int]] = []
+        for part in filter(None, (p.strip() for p in self.cross.split(","))):
+            name, sep, count = part.partition(":")
+            name = name.strip()
+            if not sep or not count.strip().isdigit() or int(count) < 1:
+                raise _err(
+                    "cross", f"bad entry {part!r}", "write dataset:clients, e.g. 'ucmerced:5,aid:5'"
+                )
+            if name not in REGISTRY:
+                raise _err("cross", f"unknown dataset {name!r}", f"use one of {sorted(REGISTRY)}")
+            if name in [n for n, _ in groups]:
+                raise _err("cross", f"dataset {name!r} is listed twice", "list it once")
+            groups.append((name, int(count)))
+        if len(groups) < 1:
+            raise _err("cross", "is empty", "write e.g. 'ucmerced:5,aid:5' or leave it ''")
+        return groups
+
+    def cross_root_map(self) -> dict[str, str]:
+        """Parse `cross_roots` ("name=path,...") into {dataset: root}."""
+        return _parse_pairs("cross-roots", self.cross_roots)
+
+    def cross_alias_map(self) -> dict[str, str]:
+        """Parse `cross_aliases` ("from=to,...") into {from words: to words}."""
+        return {
+            k.lower(): v.lower()
+            for k, v in _parse_pairs("cross-aliases", self.cross_aliases).items()
+        }
+
+
+def _parse_pairs(key: str, text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise _err(key, f"bad entry {part!r}", "write name=value pairs separated by commas")
+        out[name.strip()] = value.strip()
+    return out
