@@ -75,6 +75,7 @@ class LossConfig:
     """Weights and solver settings of the losses (see docs/method.md)."""
 
     alpha: float = 1.0  # weight of the dual prompt alignment loss
+    gamma: float = 1.0  # weight of CE on the global (shared-only) logits, methods with P
     beta: float = 0.1  # weight of the cross-modal OT alignment loss
     dpa_scale: float = 10.0  # s: scale of the dual prompt alignment logits
     ot_reg: float = 0.1  # lambda: entropic regulariser of Sinkhorn
@@ -83,7 +84,8 @@ class LossConfig:
     head: str = "clip+ot"  # clip | ot | clip+ot: which logits classify
 
     def validate(self) -> None:
-        for key, value in (("loss.alpha", self.alpha), ("loss.beta", self.beta)):
+        weights = (("loss.alpha", self.alpha), ("loss.beta", self.beta), ("loss.gamma", self.gamma))
+        for key, value in weights:
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         if self.dpa_scale <= 0:

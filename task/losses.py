@@ -1,6 +1,6 @@
 """Logits and the training objective (see docs/method.md for every equation).
 
-    L = CE(logits, y) + alpha * L_dpa + beta * L_ot
+    L = CE(logits, y) + gamma * CE(global logits, y) + alpha * L_dpa + beta * L_ot
 
 * logits: CLIP head ``scale * cos(g, t_c)`` on the global image embedding, an OT head
   ``scale * <T*, cos(patches, prompts_c)>``, or their mean (``loss.head``).
@@ -105,6 +105,14 @@ def objective(
     ce = F.cross_entropy(logits, labels)
     loss = ce
     parts = {"ce": float(ce.detach())}
+    if loss_cfg.gamma > 0 and feats.personal is not None and feats.shared is not None:
+        # The shared prompt alone is the global model: train it as a classifier too.
+        global_logits, _ = compute_logits(
+            head, feats, image_global, patches, logit_scale, loss_cfg, personalised=False
+        )
+        ce_global = F.cross_entropy(global_logits, labels)
+        loss = loss + loss_cfg.gamma * ce_global
+        parts["ce_global"] = float(ce_global.detach())
     use_dpa = method.dual_prompt_alignment and loss_cfg.alpha > 0
     if use_dpa and feats.personal is not None and feats.shared is not None:
         dpa = dual_prompt_alignment(feats.personal, feats.shared, loss_cfg.dpa_scale)

@@ -72,6 +72,11 @@ def paired_ot(
 def _solve(cos: torch.Tensor, reg: float, max_iter: int, tol: float) -> OTResult:
     b, c, n, m = cos.shape
     cost = (1.0 - cos).reshape(b * c, n, m)
+    if m == 1:  # one target point: the only feasible plan puts 1/N on every patch (exact)
+        plan = torch.full_like(cost, 1.0 / n).detach()
+        linear = loss_linear_batch(cost, plan)
+        value = linear - reg * entropy_batch(plan)
+        return OTResult((1.0 - linear).reshape(b, c), value.reshape(b, c), plan.reshape(b, c, n, m))
     solve_dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     plan = sinkhorn_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
     linear = loss_linear_batch(cost, plan)  # <T*, C>, differentiable in C

@@ -38,8 +38,10 @@ def test_objective_parts_per_method():
     image_global, patches, labels = _images()
     cfg = LossConfig(alpha=1.0, beta=0.5)
     full = objective(get_method("fedrsclip"), cfg, feats, image_global, patches, labels, 10.0)
-    assert set(full.parts) == {"ce", "dpa", "ot", "loss"}
-    expected = full.parts["ce"] + 1.0 * full.parts["dpa"] + 0.5 * full.parts["ot"]
+    assert set(full.parts) == {"ce", "ce_global", "dpa", "ot", "loss"}
+    expected = (
+        full.parts["ce"] + full.parts["ce_global"] + full.parts["dpa"] + 0.5 * full.parts["ot"]
+    )
     assert abs(full.parts["loss"] - expected) < 1e-5
     plain = objective(
         get_method("promptfl"),

@@ -51,6 +51,12 @@ def test_batched_over_images_and_classes_equals_one_by_one():
             torch.testing.assert_close(batched.distance[b, c], one.distance[0, 0])
 
 
+def test_single_prompt_shortcut_equals_solver():
+    cost = torch.rand(4, 6, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    solved = sinkhorn_plan(cost, reg=0.1, max_iter=100, tol=1e-12)
+    torch.testing.assert_close(solved, torch.full_like(cost, 1 / 6))
+
+
 def test_single_prompt_similarity_is_mean_patch_cosine():
     patches, prompts = _unit(2, 5, 8, seed=5), _unit(3, 1, 8, seed=6)
     res = patch_prompt_ot(patches, prompts, reg=0.1)

@@ -45,7 +45,7 @@ def test_training_improves_personalised_accuracy(tiny_backbone):
     )
     after = evaluate(prompt_features(learner), feats, "clip+ot", loss_cfg, 20.0, True)
     assert result.num_examples == 15 * len(feats) and result.steps == 15 * 4
-    assert set(result.parts) == {"ce", "dpa", "ot", "loss"}
+    assert set(result.parts) == {"ce", "ce_global", "dpa", "ot", "loss"}
     assert after.accuracy > before.accuracy + 0.2
     assert after.loss < before.loss
     assert not torch.equal(shared_before, learner.shared_ctx)
