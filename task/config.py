@@ -45,10 +45,13 @@ class PromptConfig:
     fusion: str = "separate"  # separate | concat
     private_init: str = "phrase"  # phrase | random
     init_std: float = 0.02
+    rank: int = 2  # r of the low-rank personal part U V^T (fedpgp only)
 
     def validate(self) -> None:
         if self.n_ctx < 1 or self.n_ctx > 32:
             raise ConfigError(f"prompt.n-ctx must be in [1, 32], got {self.n_ctx}")
+        if self.rank < 1 or self.rank > 64:
+            raise ConfigError(f"prompt.rank must be in [1, 64], got {self.rank}")
         _choice("prompt.fusion", self.fusion, ("separate", "concat"))
         _choice("prompt.private-init", self.private_init, ("phrase", "random"))
         if self.init_std <= 0:
@@ -82,9 +85,20 @@ class LossConfig:
     ot_iters: int = 100  # maximum Sinkhorn iterations
     ot_tol: float = 1e-6  # Sinkhorn marginal tolerance
     head: str = "clip+ot"  # clip | ot | clip+ot: which logits classify
+    ot_marginal_reg: float = 0.0  # rho: KL marginal penalty of unbalanced OT; 0 -> balanced
+    prox_mu: float = 0.01  # mu of FedProx's proximal term (mu/2)||S - S_global||^2 (fedprox)
+    pgp_weight: float = 1.0  # weight of FedPGP's prompt-wise contrastive loss (fedpgp)
+    pgp_temp: float = 1.0  # temperature of FedPGP's contrastive logits (fedpgp)
 
     def validate(self) -> None:
-        weights = (("loss.alpha", self.alpha), ("loss.beta", self.beta), ("loss.gamma", self.gamma))
+        weights = (
+            ("loss.alpha", self.alpha),
+            ("loss.beta", self.beta),
+            ("loss.gamma", self.gamma),
+            ("loss.ot-marginal-reg", self.ot_marginal_reg),
+            ("loss.prox-mu", self.prox_mu),
+            ("loss.pgp-weight", self.pgp_weight),
+        )
         for key, value in weights:
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -94,6 +108,8 @@ class LossConfig:
             raise ConfigError(f"loss.ot-reg (Sinkhorn lambda) must be > 0, got {self.ot_reg}")
         if self.ot_iters < 1:
             raise ConfigError(f"loss.ot-iters must be >= 1, got {self.ot_iters}")
+        if self.pgp_temp <= 0:
+            raise ConfigError(f"loss.pgp-temp must be > 0, got {self.pgp_temp}")
         _choice("loss.head", self.head, ("clip", "ot", "clip+ot"))
 
 

@@ -8,6 +8,10 @@
   feature to the same class's shared feature and away from other classes' (shared side held fixed).
 * L_ot (cross-modal alignment): entropic OT value between the image's patches and its true
   class's prompt features.
+
+Baselines add (docs/method.md §5): FedProx's proximal term ``(mu/2)||S - S_global||^2`` (applied
+in task.train, it acts on parameters, not features) and FedPGP's prompt-wise contrastive loss
+``pgp_contrastive``. ``loss.ot-marginal-reg`` > 0 makes every OT unbalanced.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def compute_logits(
             loss_cfg.ot_reg,
             loss_cfg.ot_iters,
             loss_cfg.ot_tol,
+            marginal_reg=loss_cfg.ot_marginal_reg,
         )
         logits.append(logit_scale * ot_result.similarity)
     return torch.stack(logits).mean(dim=0), ot_result
@@ -86,6 +91,34 @@ def dual_prompt_alignment(
     """InfoNCE over classes: personal feature c should match shared feature c (shared fixed)."""
     logits = scale * personal @ shared.detach().t()
     return F.cross_entropy(logits, torch.arange(len(personal), device=personal.device))
+
+
+def pgp_contrastive(
+    anchor: torch.Tensor, shared: torch.Tensor, personal: torch.Tensor, temp: float
+) -> torch.Tensor:
+    """FedPGP's prompt-wise contrastive loss, per class c (anchor = hand-crafted, frozen):
+
+    positive cos(a_c, s_c), negative cos(s_c, p_c); ``CE([pos, neg] / temp, 0)``. It keeps the
+    shared prompt near CLIP's general knowledge and pushes the personal prompt away from it.
+    """
+    pos = (anchor.detach() * shared).sum(dim=-1)
+    neg = (shared * personal).sum(dim=-1)
+    logits = torch.stack([pos, neg], dim=1) / temp
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def proximal_term(
+    params: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """FedProx: (1/2) sum_k ||params[k] - global[k]||^2 (times mu by the caller)."""
+    total = None
+    for key, value in params.items():
+        diff = value - global_state[key].to(value.device, value.dtype).detach()
+        term = 0.5 * (diff * diff).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the proximal term needs at least one shared tensor")
+    return total
 
 
 def objective(
@@ -105,7 +138,8 @@ def objective(
     ce = F.cross_entropy(logits, labels)
     loss = ce
     parts = {"ce": float(ce.detach())}
-    if loss_cfg.gamma > 0 and feats.personal is not None and feats.shared is not None:
+    has_both = feats.personal is not None and feats.shared is not None
+    if method.global_ce and loss_cfg.gamma > 0 and has_both:
         # The shared prompt alone is the global model: train it as a classifier too.
         global_logits, _ = compute_logits(
             head, feats, image_global, patches, logit_scale, loss_cfg, personalised=False
@@ -118,6 +152,13 @@ def objective(
         dpa = dual_prompt_alignment(feats.personal, feats.shared, loss_cfg.dpa_scale)
         loss = loss + loss_cfg.alpha * dpa
         parts["dpa"] = float(dpa.detach())
+    use_pgp = method.pgp_contrastive and loss_cfg.pgp_weight > 0
+    if use_pgp and has_both:
+        if feats.anchor is None:
+            raise ValueError("the FedPGP contrastive loss needs anchor (hand-crafted) features")
+        con = pgp_contrastive(feats.anchor, feats.shared, feats.personal, loss_cfg.pgp_temp)
+        loss = loss + loss_cfg.pgp_weight * con
+        parts["pgp"] = float(con.detach())
     if method.ot_alignment and loss_cfg.beta > 0:
         if patches is None:
             raise ValueError("the OT alignment loss needs patch features")
@@ -126,7 +167,12 @@ def objective(
         else:
             prompts = prompt_set(feats, personalised=True)[labels]
             distance = paired_ot(
-                patches, prompts, loss_cfg.ot_reg, loss_cfg.ot_iters, loss_cfg.ot_tol
+                patches,
+                prompts,
+                loss_cfg.ot_reg,
+                loss_cfg.ot_iters,
+                loss_cfg.ot_tol,
+                marginal_reg=loss_cfg.ot_marginal_reg,
             ).distance.squeeze(1)
         ot_loss = distance.mean()
         loss = loss + loss_cfg.beta * ot_loss

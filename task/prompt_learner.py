@@ -7,6 +7,11 @@ personal prompt is ``[BOS] S P <class>`` and the S-only prompt stays the global 
 
 Only ``shared_ctx`` and ``private_ctx`` are parameters, so ``state_dict()`` holds exactly the
 tensors a method may share or keep; all token embeddings are non-persistent buffers.
+
+Low-rank personal part (FedPGP-style, ``private_rank=r > 0``): the personal context is
+``S + U V^T`` with ``U`` [h, r] and ``V`` [W, r]. Both factors are private and are stored packed in
+the single private tensor ``private_ctx = [U; V]`` of shape [h + W, r], so the client's private
+store keeps one tensor per client for every method.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from task.text_encoder import PromptTextEncoder
 SHARED_KEY = "shared_ctx"
 PRIVATE_KEY = "private_ctx"
 MAX_POSITIONS = 77
+ANCHOR_PHRASE = "a photo of a"  # hand-crafted prompt of FedPGP's contrastive anchor
 
 
 @dataclass
@@ -31,7 +37,8 @@ class PromptFeatures:
     """L2-normalised class text features of the global (shared) and personal prompts."""
 
     shared: torch.Tensor | None  # [C, D]
-    personal: torch.Tensor | None  # [C, D]: P-only (separate) or [S; P] (concat)
+    personal: torch.Tensor | None  # [C, D]: P-only (separate), [S; P] (concat) or S + U V^T
+    anchor: torch.Tensor | None = None  # [C, D] frozen hand-crafted prompt features (fedpgp)
 
 
 class PromptLearner(nn.Module):
@@ -45,13 +52,26 @@ class PromptLearner(nn.Module):
         with_shared: bool = True,
         with_private: bool = True,
         seed: int = 0,
+        private_rank: int = 0,
+        fusion: str | None = None,
     ) -> None:
+        """``private_rank`` > 0: personal context S + U V^T (needs both prompts); ``fusion``
+        overrides ``cfg.fusion`` (a method that fixes its fusion, e.g. fedotp)."""
         super().__init__()
         if not class_names:
             raise ValueError("class_names is empty: a prompt learner needs at least one class")
         if not (with_shared or with_private):
             raise ValueError("a prompt learner needs a shared or a private prompt")
+        if private_rank < 0:
+            raise ValueError(f"private_rank must be >= 0, got {private_rank}")
+        if private_rank and not (with_shared and with_private):
+            raise ValueError("a low-rank personal part (private_rank > 0) needs S and P")
         self.cfg = cfg
+        self.fusion = fusion or cfg.fusion
+        if self.fusion not in ("separate", "concat"):
+            raise ConfigError(f"fusion must be 'separate' or 'concat', got {self.fusion!r}")
+        self.private_rank = int(private_rank)
+        self._anchor_cache: torch.Tensor | None = None
         self.class_names = list(class_names)
         # Held in a tuple so the frozen CLIP text model is not a registered submodule: the
         # learner's parameters() and state_dict() are then exactly its context vectors.
@@ -84,10 +104,18 @@ class PromptLearner(nn.Module):
         self.private_ctx: nn.Parameter | None = None
         if with_shared:
             self.shared_ctx = nn.Parameter(self._init_ctx(phrase, width, generator, device))
-        if with_private:
+        if with_private and self.private_rank:
+            # U and V ~ N(0, init_std^2) (FedPGP), so S + U V^T starts next to S.
+            factors = torch.randn(cfg.n_ctx + width, self.private_rank, generator=generator)
+            self.private_ctx = nn.Parameter((factors * cfg.init_std).to(device))
+        elif with_private:
             use_phrase = cfg.private_init == "phrase"
             init = self._init_ctx(phrase if use_phrase else None, width, generator, device)
             self.private_ctx = nn.Parameter(init)
+        with torch.no_grad():
+            anchor_ids = tok(cfg.init or ANCHOR_PHRASE, add_special_tokens=False).input_ids
+            anchor = embedding(torch.tensor(anchor_ids, device=device)).detach().clone()
+        self.register_buffer("anchor_ctx", anchor, persistent=False)
         longest = 1 + self._personal_ctx_len() + int(self.suffix_eos.max()) + 1
         if longest > MAX_POSITIONS:
             raise ConfigError(
@@ -134,34 +162,57 @@ class PromptLearner(nn.Module):
 
     def _personal_ctx_len(self) -> int:
         n = self.cfg.n_ctx
-        if self.private_ctx is None:
+        if self.private_ctx is None or self.private_rank:
             return n
-        return 2 * n if self.cfg.fusion == "concat" and self.shared_ctx is not None else n
+        return 2 * n if self.fusion == "concat" and self.shared_ctx is not None else n
 
     # -- forward --------------------------------------------------------------------------
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U [h, r], V [W, r]) of the low-rank personal part (private_rank > 0 only)."""
+        if not self.private_rank or self.private_ctx is None:
+            raise ValueError("this learner has no low-rank personal part")
+        n = self.cfg.n_ctx
+        return self.private_ctx[:n], self.private_ctx[n:]
+
     def personal_context(self) -> torch.Tensor | None:
-        """Context of the personal prompt: P (separate) or [S; P] (concat); None without P."""
+        """Context of the personal prompt: P (separate), [S; P] (concat) or S + U V^T (low rank);
+        None without a private part."""
         if self.private_ctx is None:
             return None
-        if self.cfg.fusion == "concat" and self.shared_ctx is not None:
+        if self.private_rank:
+            u, v = self.low_rank_factors()
+            return self.shared_ctx + u @ v.t()
+        if self.fusion == "concat" and self.shared_ctx is not None:
             return torch.cat([self.shared_ctx, self.private_ctx], dim=0)
         return self.private_ctx
 
-    def forward(self, shared: bool = True, personal: bool = True) -> PromptFeatures:
-        """Encode the requested prompts for every class in one batched text-encoder call."""
+    @torch.no_grad()
+    def anchor_features(self) -> torch.Tensor:
+        """Frozen features of the hand-crafted prompt "<prompt.init> {class}." (computed once)."""
+        if self._anchor_cache is None or self._anchor_cache.device != self.device:
+            feats = self.encode_contexts([self.anchor_ctx])
+            self._anchor_cache = F.normalize(feats.float(), dim=-1)
+        return self._anchor_cache
+
+    def forward(
+        self, shared: bool = True, personal: bool = True, anchor: bool = False
+    ) -> PromptFeatures:
+        """Encode the requested prompts for every class in one batched text-encoder call
+        (``anchor``: also return the frozen hand-crafted prompt features)."""
         contexts: list[torch.Tensor] = []
         if shared and self.shared_ctx is not None:
             contexts.append(self.shared_ctx)
         personal_ctx = self.personal_context() if personal else None
         if personal_ctx is not None:
             contexts.append(personal_ctx)
+        anchor_feats = self.anchor_features() if anchor else None
         if not contexts:
-            return PromptFeatures(None, None)
+            return PromptFeatures(None, None, anchor_feats)
         feats = F.normalize(self.encode_contexts(contexts).float(), dim=-1)
         chunks = list(feats.split(len(self.class_names)))
         shared_feats = chunks.pop(0) if shared and self.shared_ctx is not None else None
         personal_feats = chunks.pop(0) if personal_ctx is not None else None
-        return PromptFeatures(shared_feats, personal_feats)
+        return PromptFeatures(shared_feats, personal_feats, anchor_feats)
 
     def encode_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """Unnormalised text features [len(contexts) * C, D] for several context tensors."""

@@ -2,10 +2,14 @@
 
 The image side is frozen and cached, so a step is: encode every class prompt (one batched text
 transformer call), score a batch of cached image features, back-propagate into the context vectors.
+
+``fedavg-full`` trains the image encoder itself and cannot use cached features: it has its own
+loop in ``task.full_finetune`` (``train_full`` / ``evaluate_full``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +17,7 @@ import torch.nn.functional as F
 
 from task.config import LossConfig, TrainConfig
 from task.features import FeatureSet
-from task.losses import compute_logits, objective
+from task.losses import compute_logits, objective, proximal_term
 from task.methods import Method
 from task.prompt_learner import PromptFeatures, PromptLearner
 
@@ -52,10 +56,26 @@ def train(
     train_cfg: TrainConfig,
     logit_scale: float,
     seed: int,
+    global_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Local epochs of SGD/AdamW on the learner's context vectors; returns mean loss."""
+    """Local epochs of SGD/AdamW on the learner's context vectors; returns mean loss.
+
+    ``global_state``: the round's global shared tensors, the anchor of FedProx's proximal term.
+    When omitted it is the learner's shared tensors as they are when ``train`` starts, which is
+    the round's global prompt whenever the caller has just loaded the server's state.
+    """
+    if method.full_finetune:
+        raise ValueError(f"{method.name} trains on images: use task.full_finetune.train_full")
     if not method.trains or train_cfg.epochs == 0 or len(features) == 0:
         return TrainResult(0.0, 0, 0)
+    named = dict(learner.named_parameters())
+    prox_anchor = None
+    if method.proximal and loss_cfg.prox_mu > 0:
+        source = global_state if global_state is not None else named
+        missing = [k for k in method.shared_keys if k not in source]
+        if missing:
+            raise ValueError(f"FedProx needs the global {missing} in global_state")
+        prox_anchor = {k: source[k].detach().clone() for k in method.shared_keys}
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, train_cfg)
     generator = torch.Generator().manual_seed(seed)
@@ -68,10 +88,19 @@ def train(
         for start in range(0, n, train_cfg.batch_size):
             idx = order[start : start + train_cfg.batch_size]
             image_global, patches, labels = batch_of(features, idx, device)
-            feats = learner(shared=True, personal=True)
+            if method.pgp_contrastive:
+                feats = learner(shared=True, personal=True, anchor=True)
+            else:
+                feats = learner(shared=True, personal=True)
             obj = objective(method, loss_cfg, feats, image_global, patches, labels, logit_scale)
+            total = obj.loss
+            if prox_anchor is not None:
+                prox = proximal_term({k: named[k] for k in prox_anchor}, prox_anchor)
+                total = total + loss_cfg.prox_mu * prox
+                obj.parts["prox"] = float(prox.detach())
+                obj.parts["loss"] = float(total.detach())
             optimizer.zero_grad(set_to_none=True)
-            obj.loss.backward()
+            total.backward()
             optimizer.step()
             for key, value in obj.parts.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -105,10 +134,13 @@ def evaluate(
     personalised: bool,
     batch_size: int = 256,
 ) -> EvalResult:
-    """Accuracy of the personalised (shared + personal) or global (shared-only) classifier."""
+    """Accuracy of the personalised (shared + personal) or global (shared-only) classifier.
+
+    A method without a shared prompt (``local``) has no global model: its global result is NaN.
+    """
     n = len(features)
     n_classes = len(text.shared if text.shared is not None else text.personal)
-    if n == 0:
+    if n == 0 or (not personalised and text.shared is None):
         return EvalResult(float("nan"), float("nan"), 0, [float("nan")] * n_classes)
     device = (text.shared if text.shared is not None else text.personal).device
     preds, loss_sum = [], 0.0

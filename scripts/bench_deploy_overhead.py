@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Per-round wall time: simulation vs Deployment Engine (tiny random CLIP, synthetic images).
+
+Same run config both ways; prints each round's ``round_seconds`` (from metrics.jsonl, measured by
+the ServerApp around train + evaluate) and the 1-minute load average. Round 1 extracts the image
+features (the cache is then on each node's disk); later rounds reuse it. In deployment every
+message starts a fresh ClientApp process; in simulation Ray actors stay alive::
+
+    python scripts/bench_deploy_overhead.py --nodes 3 --rounds 4 --workdir /tmp/fedrsclip-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _rounds(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [round(json.loads(line)["round_seconds"], 2) for line in lines]
+
+
+def main() -> int:
+    from deploy_local import LocalDeployment
+
+    from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
+    from tests.server_app.inprocess import tiny_run_config
+    from tests.test_e2e_simulation import _toml, run_flwr
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--workdir", default="/tmp/fedrsclip-bench")
+    p.add_argument("--only", choices=["simulation", "deployment"])
+    ns = p.parse_args()
+    work = Path(ns.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    clip = save_tiny_clip(work / "clip")
+    images = write_synthetic_images(work / "images", TINY_CLASSES, per_class=ns.per_class)
+    results = {}
+
+    def config(tag: str) -> dict:
+        cfg = tiny_run_config(work / tag, clip, images, num_clients=ns.nodes)
+        cfg.update({"server.num-rounds": ns.rounds, "cache.dir": ".cache/features"})
+        return cfg
+
+    if ns.only in (None, "simulation"):
+        (work / "sim").mkdir()
+        cfg = config("sim")
+        cfg["cache.dir"] = str(work / "sim" / "features")
+        t0 = time.monotonic()
+        run_flwr(work / "sim", cfg, num_supernodes=ns.nodes, timeout=1800)
+        results["simulation"] = {
+            "rounds": _rounds(work / "sim" / "runs" / "tiny"),
+            "total_s": round(time.monotonic() - t0, 1),
+            "load1": os.getloadavg()[0],
+        }
+        print(results["simulation"], flush=True)
+    if ns.only in (None, "deployment"):
+        (work / "dep").mkdir()
+        cfg_file = work / "dep" / "run-config.toml"
+        cfg_file.write_text(_toml(config("dep")))
+        with LocalDeployment(work / "dep" / "deploy", ns.nodes) as dep:
+            t0 = time.monotonic()
+            dep.up()
+            res = dep.run(REPO, cfg_file, timeout=1800)
+            if res.returncode != 0:
+                print(res.stdout[-5000:])
+                return 1
+        results["deployment"] = {
+            "rounds": _rounds(work / "dep" / "runs" / "tiny"),
+            "total_s": round(time.monotonic() - t0, 1),
+            "load1": os.getloadavg()[0],
+        }
+        print(results["deployment"], flush=True)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

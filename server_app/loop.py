@@ -1,0 +1,208 @@
+"""The server's round loop: train, aggregate, evaluate every k rounds, checkpoint, resume.
+
+Flower's ``Strategy.start`` runs a fixed loop from round 1; a resumable run with a run directory,
+evaluation cadence and byte accounting needs its own loop, so this drives the strategy's
+configure/aggregate hooks itself over the Grid. It takes a Grid and a flat run config, so tests can
+drive it in-process with a fake Grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from server_app.strategy import SharedPromptFedAvg
+from server_app.transport import content_bytes, from_record, payload_bytes, to_record
+from task.data.federation import write_manifest
+from task.federated import (
+    AppConfig,
+    derive_seed,
+    get_federation,
+    global_evaluate,
+    initial_shared,
+    parse_app_config,
+)
+from task.methods import get_method
+from task.run_dir import RunDir, summarise
+
+log = logging.getLogger(__name__)
+
+
+def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Run (or resume) a whole federated experiment; returns the summary."""
+    cfg = parse_app_config(flat_config)
+    core, srv = cfg.core, cfg.server
+    method = get_method(core.method.name)
+    name = cfg.run_name
+    run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
+    done = run.last_completed_round()
+    if done is None:
+        fed = get_federation(core.data)
+        write_manifest(fed, run.root)
+        shared = initial_shared(core)
+        run.save_checkpoint(0, shared)
+        done = 0
+        log.info("run %s: new experiment %s", name, run.experiment_id)
+    else:
+        run.truncate_after(done)
+        shared = run.load_checkpoint(done)
+        log.info("run %s: resuming after round %d (experiment %s)", name, done, run.experiment_id)
+
+    strategy = SharedPromptFedAvg(
+        {k: tuple(v.shape) for k, v in shared.items()},
+        fp16_transport=srv.fp16_transport,
+        fraction_train=srv.fraction_train,
+        fraction_evaluate=srv.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=srv.min_nodes,
+    )
+    for server_round in range(done + 1, srv.num_rounds + 1):
+        shared = _round(grid, cfg, strategy, run, method.trains, shared, server_round)
+
+    rows = run.read_metrics()
+    summary = summarise(rows, {"run": name, "experiment": run.experiment_id})
+    run.write_summary(summary)
+    run.plot_curves()
+    log.info("run %s finished: %s", name, {k: summary[k] for k in list(summary)[:5]})
+    return summary
+
+
+def _round(
+    grid: Grid,
+    cfg: AppConfig,
+    strategy: SharedPromptFedAvg,
+    run: RunDir,
+    trains: bool,
+    shared: dict[str, torch.Tensor],
+    server_round: int,
+) -> dict[str, torch.Tensor]:
+    """One round; writes its checkpoint and metrics line; returns the new shared prompt."""
+    srv = cfg.server
+    t0 = time.perf_counter()
+    config = ConfigRecord({"experiment": run.experiment_id})
+    bytes_to: dict[int, int] = {}
+    bytes_from: dict[int, int] = {}
+    node_pid: dict[int, int] = {}
+    record: dict[str, Any] = {"round": server_round, "train_loss": None}
+    per_client: dict[int, dict[str, Any]] = {}
+    failed = 0
+    rejected: list[dict[str, Any]] = []
+    keys_seen: set[str] = set()
+    payload = 0
+
+    if trains:  # also methods that share nothing (local training): they still train
+        # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
+        random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
+        messages = list(
+            strategy.configure_train(
+                server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
+            )
+        )
+        payload = payload_bytes(messages[0].content) if messages else 0
+        _count(messages, bytes_to)
+        replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+        arrays, metrics = strategy.aggregate_train(server_round, replies)
+        rep = strategy.train_report
+        _merge(bytes_from, rep.bytes_from)
+        failed += rep.failed
+        rejected += rep.rejected
+        keys_seen |= rep.reply_array_keys
+        for pid, values in rep.per_client.items():
+            node_pid[values["node"]] = pid
+            per_client.setdefault(pid, {}).update(values)
+        if arrays is not None:
+            shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
+            record["train_loss"] = float(metrics["train-loss"]) if metrics else None
+        else:
+            log.warning(
+                "round %d: no valid training reply; the shared prompt is unchanged", server_round
+            )
+        record["clients_ok"] = rep.ok
+
+    evaluated = server_round % srv.eval_every == 0 or server_round == srv.num_rounds
+    record.update(
+        evaluated=evaluated,
+        personalised_accuracy=None,
+        global_accuracy=None,
+        global_eval=srv.global_eval if evaluated else None,
+    )
+    if evaluated:
+        random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample-eval"))
+        messages = list(
+            strategy.configure_evaluate(
+                server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
+            )
+        )
+        _count(messages, bytes_to)
+        replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+        metrics = strategy.aggregate_evaluate(server_round, replies)
+        rep = strategy.eval_report
+        _merge(bytes_from, rep.bytes_from)
+        failed += rep.failed
+        rejected += rep.rejected
+        keys_seen |= rep.reply_array_keys
+        for pid, values in rep.per_client.items():
+            node_pid[values["node"]] = pid
+            per_client.setdefault(pid, {}).update(values)
+        if metrics is not None:
+            record["personalised_accuracy"] = float(metrics["personalised-accuracy"])
+            record["personalised_loss"] = float(metrics["personalised-loss"])
+            if srv.global_eval == "client":
+                record["global_accuracy"] = float(metrics["global-accuracy"])
+        record.setdefault("clients_ok", rep.ok)
+        if srv.global_eval == "server":
+            res = global_evaluate(cfg.core, shared)
+            record["global_accuracy"] = res.accuracy
+            record["global_loss"] = res.loss
+
+    for node, n in bytes_to.items():
+        per_client.setdefault(node_pid.get(node, -node), {})["bytes_received"] = n
+    for node, n in bytes_from.items():
+        per_client.setdefault(node_pid.get(node, -node), {})["bytes_sent"] = n
+    for values in per_client.values():
+        values.pop("node", None)
+    record.update(
+        per_client={str(pid): per_client[pid] for pid in sorted(per_client)},
+        clients_failed=failed,
+        replies_rejected=len(rejected),
+        rejected=rejected,
+        reply_array_keys=sorted(keys_seen),
+        bytes_to_clients=sum(bytes_to.values()),
+        bytes_from_clients=sum(bytes_from.values()),
+        shared_payload_bytes=payload,
+        fp16_transport=srv.fp16_transport,
+    )
+    run.save_checkpoint(server_round, shared)
+    record["round_seconds"] = time.perf_counter() - t0
+    run.append_metrics(record)
+    log.info(
+        "round %d: train_loss=%s personalised=%s global=%s ok=%s failed=%d rejected=%d (%.1fs)",
+        server_round,
+        record["train_loss"],
+        record["personalised_accuracy"],
+        record["global_accuracy"],
+        record.get("clients_ok"),
+        failed,
+        len(rejected),
+        record["round_seconds"],
+    )
+    return shared
+
+
+def _count(messages: list, into: dict[int, int]) -> None:
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        into[node] = into.get(node, 0) + content_bytes(msg)
+
+
+def _merge(into: dict[int, int], more: dict[int, int]) -> None:
+    for node, n in more.items():
+        into[node] = into.get(node, 0) + n

@@ -1,0 +1,164 @@
+"""FedAvg over the shared prompt only, with every reply validated before it can be averaged in.
+
+The strategy is Flower's FedAvg with the message contents narrowed to the method's shared keys.
+A reply is dropped (logged and counted, never averaged) when it has an error, lacks a positive
+example count, carries any array key besides the shared ones, or has a wrong shape, dtype or a
+non-finite value; a reply carrying a private tensor is rejected outright.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from server_app.transport import ARRAYS, METRICS, content_bytes, from_record
+from task.federated import check_shared, weighted_average, weighted_mean
+
+log = logging.getLogger(__name__)
+NUM_EXAMPLES = "num-examples"
+
+
+@dataclass
+class RoundReport:
+    """What happened to the replies of one round (written to metrics.jsonl)."""
+
+    ok: int = 0
+    failed: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    per_client: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reply_array_keys: set[str] = field(default_factory=set)
+    bytes_from: dict[int, int] = field(default_factory=dict)  # node id -> reply bytes
+
+
+class SharedPromptFedAvg(FedAvg):
+    """FedAvg that sends, validates and averages only ``shared_shapes``' keys."""
+
+    def __init__(
+        self,
+        shared_shapes: dict[str, tuple[int, ...]],
+        fp16_transport: bool = False,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
+        self.shared_shapes = dict(shared_shapes)
+        self.wire_dtype = torch.float16 if fp16_transport else torch.float32
+        self.train_report = RoundReport()
+        self.eval_report = RoundReport()
+
+    # -- sending ------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As FedAvg, but the record never holds anything besides the shared keys."""
+        return super().configure_train(server_round, self._only_shared(arrays), config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return super().configure_evaluate(server_round, self._only_shared(arrays), config, grid)
+
+    def _only_shared(self, arrays: ArrayRecord) -> ArrayRecord:
+        extra = set(arrays) - set(self.shared_shapes)
+        if extra:
+            raise ValueError(f"refusing to send non-shared arrays {sorted(extra)}")
+        return arrays
+
+    # -- receiving ----------------------------------------------------------------------------
+    def validate_reply(self, msg: Message, train: bool) -> tuple[dict | None, str | None]:
+        """(shared tensors or {}, None) for a usable reply, (None, reason) otherwise."""
+        if msg.has_error():
+            return None, f"error reply: {msg.error.reason}"
+        content = msg.content
+        metrics = content.metric_records.get(METRICS)
+        if metrics is None:
+            return None, "no metrics record"
+        n = metrics.get(NUM_EXAMPLES)
+        if not isinstance(n, int | float) or isinstance(n, bool) or not n > 0:
+            return None, f"{NUM_EXAMPLES} must be a positive number, got {n!r}"
+        all_keys = {k for rec in content.array_records.values() for k in rec}
+        if any("private" in k for k in all_keys):
+            return None, f"carries private tensor(s) {sorted(all_keys)}: rejected"
+        if not train:
+            return ({}, None) if not all_keys else (None, f"unexpected arrays {sorted(all_keys)}")
+        if set(content.array_records) != {ARRAYS}:
+            return None, f"array records {sorted(content.array_records)} != ['{ARRAYS}']"
+        try:
+            tensors = from_record(content.array_records[ARRAYS])
+        except Exception as err:  # noqa: BLE001 (a malformed array is a bad reply)
+            return None, f"undecodable arrays: {err}"
+        reason = check_shared(tensors, self.shared_shapes, self.wire_dtype)
+        return (None, reason) if reason else (tensors, None)
+
+    def _screen(self, replies: Iterable[Message], train: bool) -> tuple[list, RoundReport]:
+        report = RoundReport()
+        kept = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            report.bytes_from[node] = content_bytes(msg)
+            if msg.has_content():
+                for rec in msg.content.array_records.values():
+                    report.reply_array_keys.update(rec)
+            tensors, reason = self.validate_reply(msg, train)
+            if reason is not None:
+                kind = "failed" if msg.has_error() else "rejected"
+                log.warning("round reply from node %d %s: %s", node, kind, reason)
+                if msg.has_error():
+                    report.failed += 1
+                else:
+                    pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
+                    report.rejected.append({"node": node, "partition": pid, "reason": reason})
+                continue
+            report.ok += 1
+            kept.append((msg, tensors, dict(msg.content.metric_records[METRICS])))
+        # Deterministic order (by partition) so float sums do not depend on arrival order.
+        kept.sort(key=lambda item: (item[2].get("partition-id", -1), item[0].metadata.src_node_id))
+        return kept, report
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Example-weighted average of the valid replies' shared tensors (fp32)."""
+        kept, report = self._screen(replies, train=True)
+        self.train_report = report
+        if not kept:
+            return None, None
+        for msg, _, m in kept:
+            pid = int(m.get("partition-id", -1))
+            report.per_client[pid] = {
+                "node": msg.metadata.src_node_id,
+                "num_train": int(m[NUM_EXAMPLES]),
+                "train_loss": float(m.get("train-loss", float("nan"))),
+            }
+        states = [(t, m[NUM_EXAMPLES]) for _, t, m in kept]
+        averaged = weighted_average(states) if self.shared_shapes else {}
+        loss = weighted_mean([(m.get("train-loss"), m[NUM_EXAMPLES]) for _, _, m in kept])
+        metrics = MetricRecord({"train-loss": loss, NUM_EXAMPLES: sum(n for _, n in states)})
+        return ArrayRecord(averaged), metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Test-size-weighted personalised and shared-only accuracy, plus per-client values."""
+        kept, report = self._screen(replies, train=False)
+        self.eval_report = report
+        if not kept:
+            return None
+        out: dict[str, float] = {}
+        for key in ("personalised-accuracy", "global-accuracy", "personalised-loss"):
+            out[key] = weighted_mean([(m.get(key), m[NUM_EXAMPLES]) for _, _, m in kept])
+        out[NUM_EXAMPLES] = int(sum(m[NUM_EXAMPLES] for _, _, m in kept))
+        for msg, _, m in kept:
+            report.per_client[int(m.get("partition-id", -1))] = {
+                "node": msg.metadata.src_node_id,
+                "num_test": int(m[NUM_EXAMPLES]),
+                "personalised_accuracy": float(m.get("personalised-accuracy", float("nan"))),
+                "global_accuracy": float(m.get("global-accuracy", float("nan"))),
+            }
+        return MetricRecord(out)

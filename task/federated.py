@@ -1,0 +1,384 @@
+"""Federated orchestration without Flower: what a client does per round and what the server checks.
+
+client_app/ and server_app/ are thin adapters over this module: they turn Flower messages into
+tensors and back. Everything here is plain PyTorch, so the whole round logic is testable without a
+SuperLink, and every per-round random choice derives from (seed, round, partition) so a resumed
+run replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from task.backbone import Backbone, load_backbone
+from task.config import ConfigError, ModelConfig, RunConfig, parse_run_config, to_flat
+from task.data.config import DataConfig
+from task.data.federation import Federation, build_federation
+from task.features import FeatureCache, FeatureSet
+from task.methods import Method, build_learner, get_method
+from task.private_store import PrivateStore
+from task.prompt_learner import PRIVATE_KEY, PromptLearner
+from task.train import EvalResult, TrainResult, evaluate, prompt_features, train
+from task.zeroshot import zeroshot_features
+
+log = logging.getLogger(__name__)
+
+GLOBAL_EVAL_MODES = ("client", "server", "none")
+
+
+# -- configuration of the federated layer ---------------------------------------------------
+@dataclass
+class ServerConfig:
+    """`server.*` keys: rounds, sampling, evaluation cadence, transport."""
+
+    num_rounds: int = 3
+    fraction_train: float = 1.0  # share of connected nodes that train each round
+    fraction_evaluate: float = 1.0  # share of connected nodes that evaluate
+    min_nodes: int = 2  # wait until this many nodes are connected
+    eval_every: int = 1  # evaluate every k rounds (and always after the last)
+    global_eval: str = "client"  # client | server | none: where the shared-only model is scored
+    fp16_transport: bool = False  # send the shared prompt as float16 both ways
+    timeout: float = 3600.0  # seconds to wait for replies each round
+
+    def validate(self) -> None:
+        if self.num_rounds < 1:
+            raise ConfigError(f"server.num-rounds must be >= 1, got {self.num_rounds}")
+        for key, v in (
+            ("server.fraction-train", self.fraction_train),
+            ("server.fraction-evaluate", self.fraction_evaluate),
+        ):
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"{key} must be in (0, 1], got {v}")
+        if self.min_nodes < 1:
+            raise ConfigError(f"server.min-nodes must be >= 1, got {self.min_nodes}")
+        if self.eval_every < 1:
+            raise ConfigError(f"server.eval-every must be >= 1, got {self.eval_every}")
+        if self.global_eval not in GLOBAL_EVAL_MODES:
+            raise ConfigError(
+                f"server.global-eval must be one of {list(GLOBAL_EVAL_MODES)}, "
+                f"got {self.global_eval!r}"
+            )
+        if self.timeout <= 0:
+            raise ConfigError(f"server.timeout must be > 0, got {self.timeout}")
+
+
+@dataclass
+class RunSection:
+    """`run.*` keys: where the run directory is and whether to resume it."""
+
+    name: str = ""  # "" -> derived from dataset, method, clients, seed and a config hash
+    dir: str = "runs"
+    resume: bool = True  # continue runs/<name> from its last completed round if it exists
+
+    def validate(self) -> None:
+        if "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"run.name must be a plain directory name, got {self.name!r}")
+
+
+@dataclass
+class ClientSection:
+    """`client.*` keys (simulation; a deployed SuperNode's node config overrides private-dir)."""
+
+    private_dir: str = ".cache/private"  # base of the private prompt store
+    progress: bool = False  # tqdm bars for feature extraction on clients
+
+    def validate(self) -> None:
+        if not self.private_dir:
+            raise ConfigError("client.private-dir is empty")
+
+
+@dataclass
+class AppConfig:
+    """Everything a run is configured with: the core config plus the federated sections."""
+
+    core: RunConfig
+    server: ServerConfig = field(default_factory=ServerConfig)
+    run: RunSection = field(default_factory=RunSection)
+    client: ClientSection = field(default_factory=ClientSection)
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or default_run_name(self)
+
+    def to_flat(self) -> dict[str, Any]:
+        out = to_flat(self.core)
+        for section in ("server", "run", "client"):
+            obj = getattr(self, section)
+            for f in dataclasses.fields(obj):
+                out[f"{section}.{f.name.replace('_', '-')}"] = getattr(obj, f.name)
+        return out
+
+
+APP_SECTIONS = {"server": ServerConfig, "run": RunSection, "client": ClientSection}
+
+
+def parse_app_config(flat: Mapping[str, Any]) -> AppConfig:
+    """Split the flat run config by section: core keys go to task.config, the rest here."""
+    core_keys: dict[str, Any] = {}
+    sections = {name: cls() for name, cls in APP_SECTIONS.items()}
+    for key, value in flat.items():
+        section_name, _, field_name = key.partition(".")
+        if section_name not in sections:
+            core_keys[key] = value
+            continue
+        obj = sections[section_name]
+        attr = field_name.replace("-", "_")
+        hints = typing.get_type_hints(type(obj))
+        if attr not in hints:
+            known = sorted(f"{section_name}.{n.replace('_', '-')}" for n in hints)
+            raise ConfigError(f"unknown run-config key {key!r}; known: {known}")
+        setattr(obj, attr, _coerce(key, value, hints[attr]))
+    for obj in sections.values():
+        obj.validate()
+    return AppConfig(parse_run_config(core_keys), **sections)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{key} must be of type {hint.__name__}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def default_run_name(cfg: AppConfig) -> str:
+    """Readable and stable: re-running the same command resumes the same directory."""
+    flat = {k: v for k, v in cfg.to_flat().items() if not k.startswith(("run.", "client."))}
+    flat.pop("server.num-rounds", None)
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+    d, seed = cfg.core.data, cfg.core.train.seed
+    return f"{d.dataset}-{cfg.core.method.name}-{d.num_clients}c-s{seed}-{digest[:6]}"
+
+
+# -- per-process caches (a simulation actor serves many clients and rounds) -----------------
+_BACKBONES: dict[tuple[str, str, str], Backbone] = {}
+_FEDERATIONS: dict[str, Federation] = {}
+
+
+def get_backbone(cfg: ModelConfig) -> Backbone:
+    key = (cfg.name, cfg.device, cfg.dtype)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_backbone(cfg)
+    return _BACKBONES[key]
+
+
+def get_federation(cfg: DataConfig) -> Federation:
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    if key not in _FEDERATIONS:
+        _FEDERATIONS[key] = build_federation(cfg)
+    return _FEDERATIONS[key]
+
+
+def derive_seed(seed: int, server_round: int, partition_id: int, purpose: str = "train") -> int:
+    """A 31-bit seed that depends only on its inputs (not on process, order or history)."""
+    text = f"{seed}/{server_round}/{partition_id}/{purpose}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def make_learner(cfg: RunConfig, method: Method, backbone: Backbone, classes: list[str], seed: int):
+    """The learner with exactly the prompts (and shapes) the method uses."""
+    return build_learner(method, backbone, classes, cfg.prompt, seed=seed)
+
+
+# -- server side ----------------------------------------------------------------------------
+def initial_shared(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """The round-0 shared prompt, built from the backbone (phrase token embeddings)."""
+    method = get_method(cfg.method.name)
+    if not method.shared_keys:
+        return {}
+    backbone = get_backbone(cfg.model)
+    classes = get_federation(cfg.data).class_names
+    learner = PromptLearner(
+        backbone, classes, cfg.prompt, with_shared=True, with_private=False, seed=cfg.train.seed
+    )
+    state = learner.state_dict()
+    return {k: state[k].detach().cpu().float().clone() for k in method.shared_keys}
+
+
+def check_shared(
+    arrays: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    dtype: torch.dtype,
+) -> str | None:
+    """Why a client's shared tensors must not be averaged in, or None if they are fine."""
+    private = [k for k in arrays if k == PRIVATE_KEY or "private" in k]
+    if private:
+        return f"carries private tensor(s) {sorted(private)}: rejected, never aggregated"
+    if set(arrays) != set(expected):
+        return f"keys {sorted(arrays)} != expected {sorted(expected)}"
+    for key, shape in expected.items():
+        t = arrays[key]
+        if tuple(t.shape) != tuple(shape):
+            return f"{key}: shape {tuple(t.shape)} != {tuple(shape)}"
+        if t.dtype != dtype:
+            return f"{key}: dtype {t.dtype} != {dtype}"
+        if not bool(torch.isfinite(t).all()):
+            return f"{key}: non-finite values"
+    return None
+
+
+def weighted_average(
+    states: Sequence[tuple[Mapping[str, torch.Tensor], int | float]],
+) -> dict[str, torch.Tensor]:
+    """FedAvg: sum_i n_i * x_i / sum_i n_i, accumulated in float64, returned as float32."""
+    if not states:
+        raise ValueError("nothing to average")
+    total = float(sum(n for _, n in states))
+    if not total > 0:
+        raise ValueError("example counts sum to zero")
+    out: dict[str, torch.Tensor] = {}
+    for key in states[0][0]:
+        acc = torch.zeros_like(states[0][0][key], dtype=torch.float64)
+        for state, n in states:
+            acc += state[key].to(torch.float64) * (float(n) / total)
+        out[key] = acc.to(torch.float32)
+    return out
+
+
+def weighted_mean(values: Sequence[tuple[float, int | float]]) -> float:
+    """Mean of finite values weighted by counts; NaN when nothing is left."""
+    kept = [(v, n) for v, n in values if v is not None and math.isfinite(v) and n > 0]
+    total = sum(n for _, n in kept)
+    return sum(v * n for v, n in kept) / total if total else float("nan")
+
+
+def global_evaluate(cfg: RunConfig, shared: Mapping[str, torch.Tensor]) -> EvalResult:
+    """Shared-only accuracy on the global test set (union of the clients' test splits)."""
+    method = get_method(cfg.method.name)
+    backbone = get_backbone(cfg.model)
+    fed = get_federation(cfg.data)
+    feats = FeatureCache(cfg.cache.dir).load_or_extract(
+        backbone,
+        fed.global_test(),
+        method.needs_patches(cfg.loss),
+        skip_corrupt=cfg.data.skip_corrupt,
+        progress=False,
+        desc="global test features",
+    )
+    if not method.trains:
+        text = zeroshot_features(backbone, fed.class_names)
+    else:
+        learner = PromptLearner(
+            backbone, fed.class_names, cfg.prompt, with_shared=True, with_private=False
+        )
+        learner.load_state_dict({k: v.float() for k, v in shared.items()}, strict=False)
+        text = prompt_features(learner)
+    head = method.head_for(cfg.loss)
+    return evaluate(text, feats, head, cfg.loss, backbone.logit_scale, personalised=False)
+
+
+# -- client side ----------------------------------------------------------------------------
+@dataclass
+class ClientEval:
+    """A client's evaluation on its own test split."""
+
+    personalised: EvalResult
+    global_: EvalResult
+    private_round: int | None
+
+
+class FederatedClient:
+    """One partition's work in one round: load prompts, train or evaluate, persist privately."""
+
+    def __init__(
+        self, cfg: RunConfig, partition_id: int, store: PrivateStore, progress: bool = False
+    ) -> None:
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.store = store
+        self.progress = progress
+        self.method = get_method(cfg.method.name)
+        self.backbone = get_backbone(cfg.model)
+        self.fed = get_federation(cfg.data)
+        if not 0 <= partition_id < len(self.fed.clients):
+            raise ValueError(
+                f"partition-id {partition_id} but the federation has {len(self.fed.clients)} "
+                "clients. Fix: set data.num-clients to the number of SuperNodes"
+            )
+        self.data = self.fed.clients[partition_id]
+        self.cache = FeatureCache(cfg.cache.dir)
+
+    def features(self, split: str) -> FeatureSet:
+        records = self.data.train if split == "train" else self.data.test
+        return self.cache.load_or_extract(
+            self.backbone,
+            records,
+            self.method.needs_patches(self.cfg.loss),
+            skip_corrupt=self.cfg.data.skip_corrupt,
+            progress=self.progress,
+            desc=f"client {self.partition_id} {split} features",
+        )
+
+    def learner(
+        self, shared: Mapping[str, torch.Tensor], max_private_round: int
+    ) -> tuple[PromptLearner, int | None]:
+        """Learner with the server's shared prompt and the newest private version <= round."""
+        seed = derive_seed(self.cfg.train.seed, 0, self.partition_id, "init")
+        learner = make_learner(self.cfg, self.method, self.backbone, self.fed.class_names, seed)
+        state = {k: v.to(torch.float32) for k, v in shared.items()}
+        private_round = None
+        if self.method.private_keys:
+            loaded = self.store.load(max_private_round)
+            if loaded is not None:
+                state[PRIVATE_KEY], private_round = loaded
+        missing = [k for k in self.method.shared_keys if k not in state]
+        if missing:
+            raise ValueError(f"the server sent no {missing}")
+        learner.load_state_dict(state, strict=False)
+        return learner, private_round
+
+    def train(
+        self, shared: Mapping[str, torch.Tensor], server_round: int
+    ) -> tuple[dict[str, torch.Tensor], TrainResult]:
+        """Local epochs from round r-1's private prompt; saves round r's; returns shared only."""
+        learner, _ = self.learner(shared, server_round - 1)
+        result = train(
+            learner,
+            self.method,
+            self.features("train"),
+            self.cfg.loss,
+            self.cfg.train,
+            self.backbone.logit_scale,
+            seed=derive_seed(self.cfg.train.seed, server_round, self.partition_id),
+        )
+        state = learner.state_dict()
+        if self.method.private_keys:
+            self.store.save(state[PRIVATE_KEY], server_round)
+        return {k: state[k].detach().cpu().clone() for k in self.method.shared_keys}, result
+
+    def evaluate(self, shared: Mapping[str, torch.Tensor], server_round: int) -> ClientEval:
+        """Personalised (shared + private) and shared-only accuracy on this client's test split."""
+        feats = self.features("test")
+        scale = self.backbone.logit_scale
+        if not self.method.trains:
+            text = zeroshot_features(self.backbone, self.fed.class_names)
+            res = evaluate(text, feats, "clip", self.cfg.loss, scale, personalised=False)
+            return ClientEval(res, res, None)
+        learner, private_round = self.learner(shared, server_round)
+        text = prompt_features(learner)
+        head = self.method.head_for(self.cfg.loss)
+        personal = evaluate(
+            text, feats, head, self.cfg.loss, scale, personalised=self.method.has_private
+        )
+        global_ = evaluate(text, feats, head, self.cfg.loss, scale, personalised=False)
+        return ClientEval(personal, global_, private_round)
+
+
+def private_store_for(base_dir: str | Path, experiment: str, partition_id: int) -> PrivateStore:
+    """The store of one client in one experiment (thin alias kept for the adapters)."""
+    return PrivateStore(base_dir, experiment, partition_id)

@@ -1,0 +1,247 @@
+"""The run directory ``runs/<name>/``: config, per-round metrics, global checkpoints, summary.
+
+Everything a run produces, and everything needed to resume it, lives here:
+
+* ``config.json``: the resolved flat run config; ``state.json``: the experiment id (keys the
+  clients' private stores) and the config fingerprint a resumed run must match.
+* ``metrics.jsonl``: one JSON line per completed round, appended and fsynced.
+* ``checkpoints/global-rNNNNN.safetensors``: the global shared prompt after round N (0 = initial).
+* ``summary.json`` and ``curves.png`` at the end.
+
+A round counts as completed when both its metrics line and its checkpoint exist; a resumed run
+drops anything after the last completed round and continues from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+# Keys that may change between an interrupted run and its resumption.
+RESUMABLE_KEYS = frozenset(
+    {"server.num-rounds", "run.resume", "server.timeout", "client.progress", "run.dir"}
+)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (e.g. resuming with a different config)."""
+
+
+def config_fingerprint(flat: Mapping[str, Any], ignore: Iterable[str] = RESUMABLE_KEYS) -> str:
+    """sha256 of the config minus the keys a resumed run may change."""
+    skip = set(ignore)
+    kept = {k: v for k, v in sorted(flat.items()) if k not in skip}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RunDir:
+    """One run's directory; create with :meth:`open`."""
+
+    def __init__(self, root: Path, experiment_id: str) -> None:
+        self.root = root
+        self.experiment_id = experiment_id
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, base: str | Path, name: str, flat_config: Mapping[str, Any], resume: bool
+    ) -> RunDir:
+        """Create ``base/name`` or reopen it for resumption (same config fingerprint required)."""
+        root = Path(base).expanduser() / name
+        state_path = root / "state.json"
+        fingerprint = config_fingerprint(flat_config)
+        if state_path.is_file():
+            if not resume:
+                raise RunDirError(
+                    f"run directory {root} exists and run.resume=false. Fix: choose another "
+                    "run.name, delete the directory, or set run.resume=true to continue it"
+                )
+            state = json.loads(state_path.read_text())
+            if state.get("fingerprint") != fingerprint:
+                old = json.loads((root / "config.json").read_text())
+                diff = sorted(
+                    k
+                    for k in set(old) | set(flat_config)
+                    if k not in RESUMABLE_KEYS and old.get(k) != flat_config.get(k)
+                )
+                raise RunDirError(
+                    f"cannot resume run {name!r}: its config differs in {diff}. Fix: use a new "
+                    "run.name for a different experiment (only server.num-rounds may change)"
+                )
+            run = cls(root, state["experiment_id"])
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "checkpoints").mkdir(exist_ok=True)
+            experiment_id = f"{name}-{uuid.uuid4().hex[:8]}"
+            _atomic_write(
+                state_path,
+                json.dumps({"experiment_id": experiment_id, "fingerprint": fingerprint}, indent=1),
+            )
+            run = cls(root, experiment_id)
+        _atomic_write(root / "config.json", json.dumps(dict(flat_config), indent=1, default=str))
+        return run
+
+    # -- paths ----------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def checkpoint_path(self, server_round: int) -> Path:
+        return self.root / "checkpoints" / f"global-r{server_round:05d}.safetensors"
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor]) -> Path:
+        path = self.checkpoint_path(server_round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, server_round: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.checkpoint_path(server_round)))
+
+    # -- metrics ----------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Complete metric lines, in file order (a torn last line is ignored)."""
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return out
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def last_completed_round(self) -> int | None:
+        """Largest r with a metrics line and a checkpoint for every round 1..r; 0 if only the
+        initial checkpoint exists; None for a fresh directory."""
+        if not self.checkpoint_path(0).is_file():
+            return None
+        done = 0
+        rounds = {int(m["round"]) for m in self.read_metrics()}
+        while done + 1 in rounds and self.checkpoint_path(done + 1).is_file():
+            done += 1
+        return done
+
+    def truncate_after(self, server_round: int) -> None:
+        """Drop metric lines and checkpoints of rounds after ``server_round`` (a torn round)."""
+        kept = [m for m in self.read_metrics() if int(m["round"]) <= server_round]
+        _atomic_write(
+            self.metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in kept)
+        )
+        for path in (self.root / "checkpoints").glob("global-r*.safetensors"):
+            if int(path.stem.split("-r")[-1]) > server_round:
+                path.unlink()
+
+    # -- end of run ---------------------------------------------------------------------------
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        _atomic_write(self.root / "summary.json", json.dumps(_jsonable(summary), indent=1))
+
+    def plot_curves(self) -> Path:
+        """curves.png: accuracies (left) and train loss (right) per round."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        rows = self.read_metrics()
+        fig = Figure(figsize=(9, 3.5))
+        FigureCanvasAgg(fig)
+        ax_acc, ax_loss = fig.subplots(1, 2)
+        for key, label in (
+            ("personalised_accuracy", "personalised"),
+            ("global_accuracy", "global (shared only)"),
+        ):
+            pts = [(m["round"], m[key]) for m in rows if _finite(m.get(key))]
+            if pts:
+                ax_acc.plot(*zip(*pts, strict=True), marker="o", label=label)
+        ax_acc.set_xlabel("round")
+        ax_acc.set_ylabel("accuracy")
+        ax_acc.legend(loc="lower right", fontsize=8)
+        pts = [(m["round"], m["train_loss"]) for m in rows if _finite(m.get("train_loss"))]
+        if pts:
+            ax_loss.plot(*zip(*pts, strict=True), marker="o", color="tab:red")
+        ax_loss.set_xlabel("round")
+        ax_loss.set_ylabel("train loss")
+        fig.suptitle(self.root.name, fontsize=9)
+        fig.tight_layout()
+        path = self.root / "curves.png"
+        fig.savefig(path, dpi=110)
+        return path
+
+
+def summarise(rows: list[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict:
+    """Final and best accuracies, totals of bytes and seconds over all rounds."""
+    evaluated = [m for m in rows if _finite(m.get("personalised_accuracy"))]
+    last = evaluated[-1] if evaluated else {}
+    summary: dict[str, Any] = {
+        "rounds": len(rows),
+        "final_round": rows[-1]["round"] if rows else 0,
+        "final_personalised_accuracy": last.get("personalised_accuracy"),
+        "final_global_accuracy": last.get("global_accuracy"),
+        "best_personalised_accuracy": max(
+            (m["personalised_accuracy"] for m in evaluated), default=None
+        ),
+        "best_global_accuracy": max(
+            (m["global_accuracy"] for m in evaluated if _finite(m.get("global_accuracy"))),
+            default=None,
+        ),
+        "final_per_client": last.get("per_client"),
+        "final_train_loss": rows[-1].get("train_loss") if rows else None,
+        "bytes_to_clients": sum(m.get("bytes_to_clients", 0) for m in rows),
+        "bytes_from_clients": sum(m.get("bytes_from_clients", 0) for m in rows),
+        "clients_failed": sum(m.get("clients_failed", 0) for m in rows),
+        "replies_rejected": sum(m.get("replies_rejected", 0) for m in rows),
+        "wall_seconds": sum(m.get("round_seconds", 0.0) for m in rows),
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf -> None so every line is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,199 @@
+"""docker/compose*.yml: in sync with the generator, valid, one partition and own volumes per node.
+
+No Docker engine is needed. Every file combination is validated against the Compose
+Specification's JSON schema (tests/deploy/compose_spec.json, the schema shipped with
+docker-compose 1.29.2, Apache-2.0) and, where the ``docker-compose`` binary is installed, with
+``docker-compose config`` too. The images themselves are not built or run here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy import REPO, load_script
+
+DOCKER = REPO / "docker"
+gen = load_script("gen_compose")
+ENV = gen.read_env(DOCKER / ".env")
+N = int(ENV["NUM_SUPERNODES"])
+OVERLAYS = ["compose.tls.yml", "compose.auth.yml", "compose.gpu.yml"]
+
+
+def _combinations() -> list[tuple[str, ...]]:
+    combos = []
+    for r in range(len(OVERLAYS) + 1):
+        for extra in itertools.combinations(OVERLAYS, r):
+            if "compose.auth.yml" in extra and "compose.tls.yml" not in extra:
+                continue  # SuperNode authentication is only offered on top of TLS
+            combos.append(("compose.yml", *extra))
+    return combos
+
+
+COMBOS = _combinations()
+
+
+def _load(name: str, directory: Path = DOCKER) -> dict[str, Any]:
+    return yaml.safe_load((directory / name).read_text())
+
+
+def _merge(files: tuple[str, ...], directory: Path = DOCKER) -> dict[str, Any]:
+    """Compose's override rules for what these files use: later command/depends_on replace,
+    secrets/volumes merge by target, mappings merge."""
+    out: dict[str, Any] = {"services": {}}
+    for name in files:
+        doc = _load(name, directory)
+        for section in ("volumes", "secrets"):
+            out.setdefault(section, {}).update(doc.get(section) or {})
+        for svc, spec in doc["services"].items():
+            cur = out["services"].setdefault(svc, {})
+            for key, value in spec.items():
+                if key in ("secrets", "volumes") and key in cur:
+                    by_target = {_target(v): v for v in cur[key]}
+                    by_target.update({_target(v): v for v in value})
+                    cur[key] = list(by_target.values())
+                elif isinstance(value, dict) and isinstance(cur.get(key), dict):
+                    cur[key] = {**cur[key], **value}
+                else:
+                    cur[key] = value
+    return out
+
+
+def _split(entry: str) -> tuple[str, str]:
+    """(source, target) of a short-syntax volume; the source may hold ``${VAR:-default}``."""
+    body = re.sub(r":(ro|rw)$", "", entry)
+    source, _, target = body.rpartition(":")
+    return source, target
+
+
+def _target(entry: Any) -> str:
+    return entry["target"] if isinstance(entry, dict) else _split(entry)[1]
+
+
+def _flag(cmd: list[str], flag: str) -> str | None:
+    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+
+def test_checked_in_files_match_generator_and_env() -> None:
+    rendered = gen.render(N)
+    for name, text in rendered.items():
+        assert (DOCKER / name).read_text() == text, (
+            f"docker/{name} is stale. Fix: python scripts/gen_compose.py"
+        )
+    for i in range(N):
+        assert f"NODE_{i}_DATA_ROOT" in ENV and f"NODE_{i}_GPU" in ENV, f"docker/.env: node {i}"
+
+
+@pytest.mark.parametrize("name", ["compose.yml", *OVERLAYS])
+def test_each_file_matches_compose_schema(name: str) -> None:
+    schema = json.loads((Path(__file__).parent / "compose_spec.json").read_text())
+    jsonschema.Draft201909Validator(schema).validate(_load(name))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_generator_for_other_sizes_is_valid(tmp_path: Path, n: int) -> None:
+    schema = json.loads((Path(__file__).parent / "compose_spec.json").read_text())
+    for name, text in gen.render(n).items():
+        (tmp_path / name).write_text(text)
+        jsonschema.Draft201909Validator(schema).validate(yaml.safe_load(text))
+    _check_topology(_merge(("compose.yml", *OVERLAYS), tmp_path), n, tls=True, auth=True, gpu=True)
+
+
+@pytest.mark.parametrize("files", COMBOS, ids=["+".join(c) for c in COMBOS])
+def test_combination_topology(files: tuple[str, ...]) -> None:
+    merged = _merge(files)
+    _check_topology(
+        merged,
+        N,
+        tls="compose.tls.yml" in files,
+        auth="compose.auth.yml" in files,
+        gpu="compose.gpu.yml" in files,
+    )
+
+
+def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: bool) -> None:
+    svcs = cfg["services"]
+    link = svcs["superlink"]["command"]
+    assert ("--insecure" in link) is not tls
+    assert _flag(link, "--isolation") == "process"
+    assert ("--enable-supernode-auth" in link) is auth
+    if tls:
+        assert _flag(link, "--ssl-certfile") and _flag(link, "--ssl-keyfile")
+        assert svcs["superlink"]["depends_on"]["certs"]["condition"] == (
+            "service_completed_successfully"
+        )
+        assert "certs" in svcs
+    srv = svcs["superexec-serverapp"]["command"]
+    assert _flag(srv, "--runtime-api-address") == "superlink:8000"
+    assert ("--root-certificates" in srv) is tls and ("--insecure" in srv) is not tls
+
+    node_volumes: list[set[str]] = []
+    partitions = []
+    for i in range(n):
+        node = svcs[f"supernode-{i}"]["command"]
+        assert _flag(node, "--superlink") == "superlink:8000"
+        assert _flag(node, "--isolation") == "process"
+        cfg_text = _flag(node, "--node-config")
+        pairs = dict(re.findall(r'([\w-]+)=("[^"]*"|\S+)', cfg_text))
+        partitions.append(int(pairs["partition-id"]))
+        assert int(pairs["num-partitions"]) == n
+        assert pairs["private-dir"].strip('"') == "/data/node/private"
+        assert pairs["cache-dir"].strip('"') == "/data/node/.cache/features"
+        assert ("--root-certificates" in node) is tls and ("--insecure" in node) is not tls
+        key = _flag(node, "--auth-supernode-private-key")
+        assert (key == f"/app/keys/node-{i}") if auth else key is None
+        if auth:
+            targets = {s["source"]: s["target"] for s in svcs[f"supernode-{i}"]["secrets"]}
+            assert targets[f"node-{i}-key"] == key
+            assert cfg["secrets"][f"node-{i}-key"]["file"].endswith(f"/node-{i}")
+
+        app = svcs[f"superexec-clientapp-{i}"]
+        assert _flag(app["command"], "--runtime-api-address") == f"supernode-{i}:9094"
+        assert app["working_dir"] == "/data/node"
+        mounts = {t: s for s, t in map(_split, app["volumes"])}
+        assert mounts["/data/node/private"] == f"node-{i}-private"
+        assert mounts["/data/node/.cache/features"] == f"node-{i}-features"
+        assert mounts["/data/images"] == f"${{NODE_{i}_DATA_ROOT:-./data/node-{i}/images}}"
+        assert {f"node-{i}-private", f"node-{i}-features"} <= set(cfg["volumes"])
+        node_volumes.append({mounts["/data/node/private"], mounts["/data/node/.cache/features"]})
+        devices = app.get("deploy", {}).get("resources", {}).get("reservations", {})
+        if gpu:
+            (dev,) = devices["devices"]
+            assert dev["capabilities"] == ["gpu"]
+            assert dev["device_ids"] == [f"${{NODE_{i}_GPU:-{i}}}"]
+        else:
+            assert not devices
+    assert sorted(partitions) == list(range(n))
+    for a, b in itertools.combinations(node_volumes, 2):
+        assert not a & b, "two nodes share a private-prompt or feature-cache volume"
+    assert f"supernode-{n}" not in svcs
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+@pytest.mark.parametrize("files", COMBOS, ids=["+".join(c) for c in COMBOS])
+def test_docker_compose_config_accepts(files: tuple[str, ...]) -> None:
+    args = ["docker-compose", "--project-directory", str(DOCKER)]
+    for f in files:
+        args += ["-f", str(DOCKER / f)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    res = subprocess.run(
+        [*args, "config"], capture_output=True, text=True, timeout=60, env=env, cwd=DOCKER
+    )
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    for i in range(N):
+        vols = cfg["services"][f"superexec-clientapp-{i}"]["volumes"]
+        sources = {t: s for s, t in map(_split, vols)}
+        assert sources["/data/node/private"] == f"node-{i}-private"
+        assert sources["/data/node/.cache/features"] == f"node-{i}-features"
+        assert sources["/data/images"] == str((DOCKER / ENV[f"NODE_{i}_DATA_ROOT"]).resolve())

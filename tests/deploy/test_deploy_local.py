@@ -1,0 +1,121 @@
+"""Deployment Engine on loopback: SuperLink + 3 SuperNodes as processes, TLS and node auth on.
+
+Uses scripts/deploy_local.py (what users run), a tiny random CLIP and synthetic images. Every
+process is started in its own process group by the deployment and stopped by it (context
+manager), also when an assertion fails; the test checks afterwards that none is left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from tests.conftest import TINY_CLASSES, write_synthetic_images
+from tests.deploy import REPO, load_script
+from tests.server_app.inprocess import tiny_run_config
+from tests.test_e2e_simulation import _toml
+
+dl = load_script("deploy_local")
+
+
+def test_certs_chain_and_sans(tmp_path: Path) -> None:
+    paths = dl.make_certs(tmp_path, sans=["superlink", "10.0.0.7"])
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    srv = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+    srv.verify_directly_issued_by(ca)
+    san = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "superlink"} <= set(san.get_values_for_type(x509.DNSName))
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert {"127.0.0.1", "::1", "10.0.0.7"} <= ips
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert oct(paths["ca_key"].stat().st_mode & 0o777) == "0o600"
+
+
+def test_node_key_is_what_flower_loads(tmp_path: Path) -> None:
+    priv, pub = dl.make_node_key(tmp_path / "node-0")
+    key = load_ssh_private_key(priv.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == 384
+    assert load_ssh_public_key(pub.read_bytes()).public_numbers() == (
+        key.public_key().public_numbers()
+    )
+
+
+def test_node_config_is_per_node(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    dep = dl.LocalDeployment(tmp_path, 3, tls=False, auth=False)
+    dep.prepare()
+    configs = [parse_config_args([dep.node_config(n)]) for n in dep.nodes]
+    assert [c["partition-id"] for c in configs] == [0, 1, 2]
+    assert {c["num-partitions"] for c in configs} == {3}
+    assert len({c["private-dir"] for c in configs}) == 3
+    assert len({c["cache-dir"] for c in configs}) == 3
+    assert "insecure = true" in (dep.flwr_home / "config.toml").read_text()
+
+
+@pytest.mark.slow
+def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=8)
+    cfg = tiny_run_config(tmp_path, tiny_clip_dir, images)
+    cfg.update(
+        {
+            # Relative: resolved in each ClientApp's working dir (its SuperNode's node dir).
+            "cache.dir": ".cache/features",
+            # Must NOT be used: each SuperNode's node config sets its own private-dir.
+            "client.private-dir": str(tmp_path / "run-config-private"),
+            "server.eval-every": 2,  # evaluate once (after round 2): one ClientApp wave fewer
+            "server.timeout": 240.0,
+        }
+    )
+    run_config = tmp_path / "run-config.toml"
+    run_config.write_text(_toml(cfg))
+
+    dep = dl.LocalDeployment(tmp_path / "deploy", num_nodes=3, tls=True, auth=True)
+    with dep:
+        dep.up()
+        # An unregistered key is refused by the SuperLink, and that SuperNode gives up.
+        intruder_key, _ = dl.make_node_key(dep.workdir / "keys" / "intruder")
+        intruder = dl.Node(99, dep.workdir / "nodes" / "intruder", dl.free_port(), intruder_key)
+        intruder.dir.mkdir(parents=True)
+        proc = dep._spawn(dep.supernode_argv(intruder, max_retries="0"), intruder.dir, intruder.log)
+        rc = proc.wait(timeout=90)
+        log = intruder.log.read_text()
+        assert rc != 0 and "Failed to activate SuperNode" in log, log[-3000:]
+        link_log = (dep.logs / "superlink.log").read_text()
+        assert "No SuperNode found with the given public key" in link_log
+
+        res = dep.run(REPO, run_config, timeout=420)
+        out = res.stdout
+        assert res.returncode == 0, out[-6000:]
+        pids = [p.pid for p in dep.procs]
+    left = [pid for pid in pids if dl._group_alive(pid)]
+    assert not left, f"process groups left running: {left}"
+
+    run = tmp_path / "runs" / "tiny"
+    assert (run / "summary.json").is_file(), out[-6000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for r in rows:
+        assert math.isfinite(r["train_loss"])
+        assert r["clients_ok"] == 3 and r["clients_failed"] == 0 and r["replies_rejected"] == 0
+        assert sorted(r["per_client"]) == ["0", "1", "2"]
+        assert r["reply_array_keys"] == ["shared_ctx"]
+    assert 0.0 <= rows[-1]["personalised_accuracy"] <= 1.0
+
+    experiment = json.loads((run / "state.json").read_text())["experiment_id"]
+    assert not (tmp_path / "run-config-private").exists()
+    for node in dep.nodes:
+        i = node.index
+        store = node.private_dir / experiment
+        assert sorted(p.name for p in store.iterdir()) == [f"client-{i}"]
+        files = sorted(p.name for p in (store / f"client-{i}").iterdir())
+        assert files == ["private-r00001.safetensors", "private-r00002.safetensors"]
+        assert any(node.cache_dir.glob("*.safetensors")), f"no feature cache in {node.cache_dir}"
+    assert os.environ.get("FLWR_HOME") != str(dep.flwr_home)
