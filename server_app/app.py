@@ -19,4 +19,5 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the experiment configured by the run config."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per log push otherwise
     run_server(grid, dict(context.run_config))
