@@ -84,6 +84,7 @@ class LossConfig:
     ot_reg: float = 0.1  # lambda: entropic regulariser of Sinkhorn
     ot_iters: int = 100  # maximum Sinkhorn iterations
     ot_tol: float = 1e-6  # Sinkhorn marginal tolerance
+    ot_solver: str = "auto"  # auto: exact closed forms for 1-2 prompts per class; pot: always POT
     head: str = "clip+ot"  # clip | ot | clip+ot: which logits classify
     ot_marginal_reg: float = 0.0  # rho: KL marginal penalty of unbalanced OT; 0 -> balanced
     prox_mu: float = 0.01  # mu of FedProx's proximal term (mu/2)||S - S_global||^2 (fedprox)
@@ -111,6 +112,7 @@ class LossConfig:
         if self.pgp_temp <= 0:
             raise ConfigError(f"loss.pgp-temp must be > 0, got {self.pgp_temp}")
         _choice("loss.head", self.head, ("clip", "ot", "clip+ot"))
+        _choice("loss.ot-solver", self.ot_solver, ("auto", "pot"))
 
 
 @dataclass

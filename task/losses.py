@@ -80,6 +80,7 @@ def compute_logits(
             loss_cfg.ot_iters,
             loss_cfg.ot_tol,
             marginal_reg=loss_cfg.ot_marginal_reg,
+            solver=loss_cfg.ot_solver,
         )
         logits.append(logit_scale * ot_result.similarity)
     return torch.stack(logits).mean(dim=0), ot_result
@@ -173,6 +174,7 @@ def objective(
                 loss_cfg.ot_iters,
                 loss_cfg.ot_tol,
                 marginal_reg=loss_cfg.ot_marginal_reg,
+                solver=loss_cfg.ot_solver,
             ).distance.squeeze(1)
         ot_loss = distance.mean()
         loss = loss + loss_cfg.beta * ot_loss

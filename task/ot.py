@@ -49,6 +49,33 @@ def sinkhorn_plan(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> 
     return result.plan
 
 
+def two_point_plan(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
+    """Exact entropic OT plan for M = 2 targets with uniform marginals, via a 1-D dual root.
+
+    With exact row marginals the plan is ``T_i0 = sigma(x + d_i) / N``, ``T_i1 = (1 - sigma) / N``
+    with ``d_i = (C_i1 - C_i0) / lambda``; the column marginal fixes the single unknown x by
+    ``mean_i sigma(x + d_i) = 1/2``, a monotone equation solved by safeguarded Newton (bisection
+    inside the bracket [-max d, -min d]). Same solution Sinkhorn converges to, in a handful of
+    vectorised iterations instead of dozens of small log-sum-exp reductions (tests compare the
+    two; bench/local_step.py times them).
+    """
+    with torch.no_grad():
+        d = (cost[..., 1] - cost[..., 0]).detach() / reg  # [K, N]
+        lo, hi = -d.amax(dim=1), -d.amin(dim=1)
+        x = -d.mean(dim=1)
+        for _ in range(max_iter):
+            s = torch.sigmoid(x[:, None] + d)
+            f = s.mean(dim=1) - 0.5
+            if float(f.abs().max()) < tol:
+                break
+            lo = torch.where(f < 0, x, lo)
+            hi = torch.where(f > 0, x, hi)
+            newton = x - f / (s * (1 - s)).mean(dim=1).clamp_min(1e-30)
+            x = torch.where((newton > lo) & (newton < hi), newton, (lo + hi) / 2)
+        s = torch.sigmoid(x[:, None] + d)
+        return torch.stack([s, 1 - s], dim=-1) / d.shape[1]
+
+
 def unbalanced_sinkhorn_plan(
     cost: torch.Tensor, reg: float, marginal_reg: float, max_iter: int, tol: float
 ) -> torch.Tensor:
@@ -87,6 +114,7 @@ def patch_prompt_ot(
     max_iter: int = 100,
     tol: float = 1e-6,
     marginal_reg: float = 0.0,
+    solver: str = "auto",
 ) -> OTResult:
     """OT between every image's patches [B, N, D] and every class's prompts [C, M, D].
 
@@ -95,7 +123,7 @@ def patch_prompt_ot(
     ``marginal_reg`` > 0 relaxes the marginals (unbalanced OT); 0 keeps them exact.
     """
     cos = torch.einsum("bnd,cmd->bcnm", patches, prompts)
-    return _solve(cos, reg, max_iter, tol, marginal_reg)
+    return _solve(cos, reg, max_iter, tol, marginal_reg, solver)
 
 
 def paired_ot(
@@ -105,26 +133,36 @@ def paired_ot(
     max_iter: int = 100,
     tol: float = 1e-6,
     marginal_reg: float = 0.0,
+    solver: str = "auto",
 ) -> OTResult:
     """OT between image b's patches [B, N, D] and its own prompt set [B, M, D] only ([B, 1])."""
     cos = torch.einsum("bnd,bmd->bnm", patches, prompts).unsqueeze(1)
-    return _solve(cos, reg, max_iter, tol, marginal_reg)
+    return _solve(cos, reg, max_iter, tol, marginal_reg, solver)
 
 
 def _solve(
-    cos: torch.Tensor, reg: float, max_iter: int, tol: float, marginal_reg: float = 0.0
+    cos: torch.Tensor,
+    reg: float,
+    max_iter: int,
+    tol: float,
+    marginal_reg: float = 0.0,
+    solver: str = "auto",
 ) -> OTResult:
+    """``solver``: ``auto`` takes the exact shortcuts for M <= 2, ``pot`` always runs POT."""
     b, c, n, m = cos.shape
     cost = (1.0 - cos).reshape(b * c, n, m)
     if marginal_reg > 0:
         return _solve_unbalanced(cost, reg, max_iter, tol, marginal_reg, (b, c))
-    if m == 1:  # one target point: the only feasible plan puts 1/N on every patch (exact)
+    if m == 1 and solver == "auto":  # the only feasible plan puts 1/N on every patch (exact)
         plan = torch.full_like(cost, 1.0 / n).detach()
         linear = loss_linear_batch(cost, plan)
         value = linear - reg * entropy_batch(plan)
         return OTResult((1.0 - linear).reshape(b, c), value.reshape(b, c), plan.reshape(b, c, n, m))
     solve_dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    plan = sinkhorn_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
+    if m == 2 and solver == "auto":
+        plan = two_point_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
+    else:
+        plan = sinkhorn_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
     linear = loss_linear_batch(cost, plan)  # <T*, C>, differentiable in C
     value = linear - reg * entropy_batch(plan)
     return OTResult(

@@ -64,11 +64,33 @@ def test_single_prompt_similarity_is_mean_patch_cosine():
     torch.testing.assert_close(res.similarity, expected)
 
 
-def test_ot_distance_gradient_is_exact():
+@pytest.mark.parametrize("solver", ["auto", "pot"])
+def test_ot_distance_gradient_is_exact(solver):
     patches = _unit(2, 4, 3, seed=7).requires_grad_(True)
     prompts = _unit(2, 2, 3, seed=8).requires_grad_(True)
 
     def distance(p, t):
-        return paired_ot(p, t, reg=0.2, max_iter=5000, tol=1e-14).distance
+        return paired_ot(p, t, reg=0.2, max_iter=5000, tol=1e-14, solver=solver).distance
 
     assert torch.autograd.gradcheck(distance, (patches, prompts), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reg", [0.5, 0.1, 0.02])
+def test_two_point_solver_equals_pot_sinkhorn(reg):
+    from task.ot import two_point_plan
+
+    g = torch.Generator().manual_seed(11)
+    cost = 1.0 - (2 * torch.rand(40, 9, 2, generator=g, dtype=torch.float64) - 1)
+    fast = two_point_plan(cost, reg=reg, max_iter=100, tol=1e-13)
+    slow = sinkhorn_plan(cost, reg=reg, max_iter=100000, tol=1e-13)
+    torch.testing.assert_close(fast, slow, atol=1e-10, rtol=0)
+    torch.testing.assert_close(fast.sum(2), torch.full((40, 9), 1 / 9, dtype=torch.float64))
+    torch.testing.assert_close(fast.sum(1), torch.full((40, 2), 1 / 2, dtype=torch.float64))
+
+
+def test_auto_and_pot_solvers_give_the_same_losses():
+    patches, prompts = _unit(5, 16, 8, seed=12), _unit(4, 2, 8, seed=13)
+    auto = patch_prompt_ot(patches, prompts, reg=0.1, max_iter=1000, tol=1e-12)
+    pot = patch_prompt_ot(patches, prompts, reg=0.1, max_iter=1000, tol=1e-12, solver="pot")
+    torch.testing.assert_close(auto.similarity, pot.similarity)
+    torch.testing.assert_close(auto.distance, pot.distance)
