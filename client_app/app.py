@@ -3,7 +3,16 @@
 Thin adapter over task.federated.FederatedClient: decode the message, run the round, reply with
 the shared tensors and metrics only. The private prompt is loaded from and saved to the store
 under ``<private-dir>/<experiment>/client-<partition>/``; ``private-dir`` comes from the node config
-(deployment: ``--node-config "private-dir='/data/private'"``) or else ``client.private-dir``.
+(deployment: ``--node-config "private-dir='/data/private'"``) or else ``client.private-dir``;
+likewise the node config's ``cache-dir`` overrides ``cache.dir`` (the frozen feature cache).
+
+With ``server.dp = "client"`` the server's DP wrapper puts a clipping norm in the train config and
+Flower's ``fixedclipping_mod`` clips this client's shared-prompt update before it is sent.
+
+Fault injection (tests only): ``FEDRSCLIP_FAULT="stage:partition:round[,...]"`` in the ClientApp's
+environment makes it fail on purpose: stage ``train`` raises before training, ``save`` raises
+after the new private prompt was fully written to a temporary file but before it replaces the
+last good one (a crash mid-write); ``*`` matches any partition or round.
 """
 
 from __future__ import annotations
@@ -13,17 +22,50 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local dirs or already cached
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import dataclasses  # noqa: E402
+
 import torch  # noqa: E402
-from flwr.app import Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
+from flwr.clientapp.typing import ClientAppCallable  # noqa: E402
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
 
 from server_app.transport import ARRAYS, CONFIG, METRICS, from_record, to_record  # noqa: E402
 from task.federated import FederatedClient, parse_app_config  # noqa: E402
 from task.private_store import PrivateStore  # noqa: E402
 
-app = ClientApp()
-
 PRIVATE_DIR_KEY = "private-dir"
+CACHE_DIR_KEY = "cache-dir"
+FAULT_ENV = "FEDRSCLIP_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the FEDRSCLIP_FAULT test hook."""
+
+
+def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's fixedclipping_mod, for train messages that carry a clipping norm (server.dp =
+    "client"); every other message passes through untouched."""
+    if msg.metadata.message_type == MessageType.TRAIN and msg.has_content():
+        configs = msg.content.config_records.values()
+        if any(KEY_CLIPPING_NORM in c for c in configs):
+            return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[dp_clipping_mod])
+
+
+def _faults(stage: str, partition_id: int, server_round: int) -> bool:
+    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        parts = item.strip().split(":")
+        if len(parts) != 3:
+            raise ValueError(f"{FAULT_ENV} item {item!r} is not stage:partition:round")
+        s, p, r = parts
+        if s == stage and p in ("*", str(partition_id)) and r in ("*", str(server_round)):
+            return True
+    return False
 
 
 def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]:
@@ -38,9 +80,27 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
     partition_id = int(node["partition-id"])
     config = msg.content.config_records[CONFIG]
     base = str(node.get(PRIVATE_DIR_KEY, "") or cfg.client.private_dir)
-    store = PrivateStore(base, str(config["experiment"]), partition_id)
-    client = FederatedClient(cfg.core, partition_id, store, progress=cfg.client.progress)
-    return client, int(config["server-round"]), cfg.server.fp16_transport
+    core = cfg.core
+    if node.get(CACHE_DIR_KEY):
+        core = dataclasses.replace(
+            core, cache=dataclasses.replace(core.cache, dir=str(node[CACHE_DIR_KEY]))
+        )
+    server_round = int(config["server-round"])
+    store = PrivateStore(base, str(config["experiment"]), partition_id, cfg.client.on_corrupt)
+    if _faults("save", partition_id, server_round):
+
+        def crash(tmp: object) -> None:
+            raise InjectedFault(f"injected fault: crash before saving {tmp} (FEDRSCLIP_FAULT)")
+
+        store.before_replace = crash
+    client = FederatedClient(
+        core,
+        partition_id,
+        store,
+        progress=cfg.client.progress,
+        on_corrupt=cfg.client.on_corrupt,
+    )
+    return client, server_round, cfg.server.fp16_transport
 
 
 def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
@@ -54,6 +114,8 @@ def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
 def train(msg: Message, context: Context) -> Message:
     """Train locally from the received shared prompt; reply with the shared tensors only."""
     client, server_round, _ = _client(msg, context)
+    if _faults("train", client.partition_id, server_round):
+        raise InjectedFault(f"injected fault: client {client.partition_id} train (FEDRSCLIP_FAULT)")
     shared, fp16 = _shared(msg)
     new_shared, result = client.train(shared, server_round)
     metrics = {

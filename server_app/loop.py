@@ -14,12 +14,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
 
 from server_app.strategy import SharedPromptFedAvg
 from server_app.transport import content_bytes, from_record, payload_bytes, to_record
+from task.backbone import _resolve_source
 from task.data.federation import write_manifest
 from task.federated import (
     AppConfig,
@@ -35,12 +41,26 @@ from task.run_dir import RunDir, summarise
 log = logging.getLogger(__name__)
 
 
+class RoundFailedError(RuntimeError):
+    """Too few valid training replies for a round (server.min-replies); nothing of it is saved."""
+
+
+def preflight(cfg: AppConfig) -> None:
+    """Checks that need the disk, before anything is written: model directory, data, split.
+
+    Raises a clear error (BackboneNotFoundError, DataError, ...) naming the key to fix.
+    """
+    _resolve_source(cfg.core.model.name)  # a missing local model directory fails here
+    get_federation(cfg.core.data)  # listing, partitioning: e.g. more clients than images
+
+
 def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     """Run (or resume) a whole federated experiment; returns the summary."""
     cfg = parse_app_config(flat_config)
     core, srv = cfg.core, cfg.server
     method = get_method(core.method.name)
     name = cfg.run_name
+    preflight(cfg)
     run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
     done = run.last_completed_round()
     if done is None:
@@ -58,14 +78,17 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     strategy = SharedPromptFedAvg(
         {k: tuple(v.shape) for k, v in shared.items()},
         fp16_transport=srv.fp16_transport,
+        max_norm_ratio=srv.max_norm_ratio,
+        num_partitions=core.data.num_clients,
         fraction_train=srv.fraction_train,
         fraction_evaluate=srv.fraction_evaluate,
-        min_train_nodes=1,
+        min_train_nodes=srv.min_replies,
         min_evaluate_nodes=1,
         min_available_nodes=srv.min_nodes,
     )
+    dp = dp_wrapper(cfg, strategy)
     for server_round in range(done + 1, srv.num_rounds + 1):
-        shared = _round(grid, cfg, strategy, run, method.trains, shared, server_round)
+        shared = _round(grid, cfg, strategy, run, method.trains, shared, server_round, dp)
 
     rows = run.read_metrics()
     summary = summarise(rows, {"run": name, "experiment": run.experiment_id})
@@ -73,6 +96,24 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     run.plot_curves()
     log.info("run %s finished: %s", name, {k: summary[k] for k in list(summary)[:5]})
     return summary
+
+
+def dp_wrapper(cfg: AppConfig, strategy: SharedPromptFedAvg):
+    """Flower's central-DP fixed-clipping wrapper around the strategy (server.dp), or None.
+
+    ``server``: the server clips each update to L2 norm ``dp-clipping-norm`` (C) around the prompt
+    it sent; ``client``: the ClientApp's fixedclipping_mod clips before sending. Either way the
+    average gets Gaussian noise of std ``dp-noise-multiplier`` (z) x C / (clients sampled).
+    num_sampled_clients is set per round to the number of training messages sent.
+    """
+    srv = cfg.server
+    if srv.dp == "off" or not strategy.shared_shapes:
+        return None
+    cls = {
+        "server": DifferentialPrivacyServerSideFixedClipping,
+        "client": DifferentialPrivacyClientSideFixedClipping,
+    }[srv.dp]
+    return cls(strategy, srv.dp_noise_multiplier, srv.dp_clipping_norm, num_sampled_clients=1)
 
 
 def _round(
@@ -83,6 +124,7 @@ def _round(
     trains: bool,
     shared: dict[str, torch.Tensor],
     server_round: int,
+    dp: Any = None,
 ) -> dict[str, torch.Tensor]:
     """One round; writes its checkpoint and metrics line; returns the new shared prompt."""
     srv = cfg.server
@@ -101,16 +143,43 @@ def _round(
     if trains:  # also methods that share nothing (local training): they still train
         # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
         random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
+        trainer = dp if dp is not None else strategy
         messages = list(
-            strategy.configure_train(
+            trainer.configure_train(
                 server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
             )
         )
         payload = payload_bytes(messages[0].content) if messages else 0
         _count(messages, bytes_to)
         replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
-        arrays, metrics = strategy.aggregate_train(server_round, replies)
-        rep = strategy.train_report
+        missing = _missing(messages, replies, server_round, "train")
+        if dp is None:
+            arrays, metrics = strategy.aggregate_train(server_round, replies)
+            rep = strategy.train_report
+        else:
+            # The DP wrapper clips whatever it is given and skips the round on any error reply:
+            # give it only replies that passed validation, and keep the report on the others.
+            valid, pre = strategy.prescreen(replies)
+            dp.num_sampled_clients = max(1, len(messages))
+            np.random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "dp-noise"))
+            arrays, metrics = dp.aggregate_train(server_round, valid)
+            rep = strategy.train_report
+            rep.failed += pre.failed
+            rep.rejected = pre.rejected + rep.rejected
+            rep.bytes_from = {**pre.bytes_from, **rep.bytes_from}
+            rep.reply_array_keys |= pre.reply_array_keys
+        rep.failed += missing
+        if rep.ok < srv.min_replies:
+            err = RoundFailedError(
+                f"round {server_round} failed: {rep.ok} valid training repl"
+                f"{'y' if rep.ok == 1 else 'ies'} of {len(messages)} sent (failed {rep.failed}, "
+                f"rejected {len(rep.rejected)}; reasons: "
+                f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.min_replies}. "
+                f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
+                f"resumes after round {server_round - 1}"
+            )
+            log.error("%s", err)
+            raise err
         _merge(bytes_from, rep.bytes_from)
         failed += rep.failed
         rejected += rep.rejected
@@ -143,10 +212,11 @@ def _round(
         )
         _count(messages, bytes_to)
         replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+        missing = _missing(messages, replies, server_round, "evaluate")
         metrics = strategy.aggregate_evaluate(server_round, replies)
         rep = strategy.eval_report
         _merge(bytes_from, rep.bytes_from)
-        failed += rep.failed
+        failed += rep.failed + missing
         rejected += rep.rejected
         keys_seen |= rep.reply_array_keys
         for pid, values in rep.per_client.items():
@@ -159,7 +229,7 @@ def _round(
                 record["global_accuracy"] = float(metrics["global-accuracy"])
         record.setdefault("clients_ok", rep.ok)
         if srv.global_eval == "server":
-            res = global_evaluate(cfg.core, shared)
+            res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
             record["global_accuracy"] = res.accuracy
             record["global_loss"] = res.loss
 
@@ -195,6 +265,17 @@ def _round(
         record["round_seconds"],
     )
     return shared
+
+
+def _missing(messages: list, replies: list, server_round: int, kind: str) -> int:
+    """Messages that got no reply at all (node gone, timeout): logged, counted as failed."""
+    answered = {m.metadata.src_node_id for m in replies}
+    gone = sorted({m.metadata.dst_node_id for m in messages} - answered)
+    if gone:
+        log.warning(
+            "round %d %s: no reply from node(s) %s (counted as failed)", server_round, kind, gone
+        )
+    return len(gone)
 
 
 def _count(messages: list, into: dict[int, int]) -> None:

@@ -3,12 +3,16 @@
 The strategy is Flower's FedAvg with the message contents narrowed to the method's shared keys.
 A reply is dropped (logged and counted, never averaged) when it has an error, lacks a positive
 example count, carries any array key besides the shared ones, or has a wrong shape, dtype or a
-non-finite value; a reply carrying a private tensor is rejected outright.
+non-finite value; a reply carrying a private tensor is rejected outright. Among the replies that
+pass, a training update whose L2 distance from the prompt sent this round exceeds
+``max_norm_ratio`` x the round's (lower) median distance is rejected too (an absurd norm), as is a
+second reply claiming a partition already seen this round or a partition id out of range.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,11 +48,16 @@ class SharedPromptFedAvg(FedAvg):
         self,
         shared_shapes: dict[str, tuple[int, ...]],
         fp16_transport: bool = False,
+        max_norm_ratio: float = 0.0,
+        num_partitions: int | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
         self.shared_shapes = dict(shared_shapes)
         self.wire_dtype = torch.float16 if fp16_transport else torch.float32
+        self.max_norm_ratio = float(max_norm_ratio)
+        self.num_partitions = num_partitions
+        self.sent: dict[str, torch.Tensor] = {}  # the shared prompt sent in this round (fp32)
         self.train_report = RoundReport()
         self.eval_report = RoundReport()
 
@@ -57,7 +66,9 @@ class SharedPromptFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """As FedAvg, but the record never holds anything besides the shared keys."""
-        return super().configure_train(server_round, self._only_shared(arrays), config, grid)
+        arrays = self._only_shared(arrays)
+        self.sent = {k: v.float() for k, v in from_record(arrays).items()}
+        return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -82,11 +93,22 @@ class SharedPromptFedAvg(FedAvg):
         n = metrics.get(NUM_EXAMPLES)
         if not isinstance(n, int | float) or isinstance(n, bool) or not n > 0:
             return None, f"{NUM_EXAMPLES} must be a positive number, got {n!r}"
+        pid = metrics.get("partition-id")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+            return None, f"partition-id must be an int >= 0, got {pid!r}"
+        if self.num_partitions is not None and pid >= self.num_partitions:
+            return None, f"partition-id {pid} out of range (federation of {self.num_partitions})"
         all_keys = {k for rec in content.array_records.values() for k in rec}
         if any("private" in k for k in all_keys):
             return None, f"carries private tensor(s) {sorted(all_keys)}: rejected"
         if not train:
-            return ({}, None) if not all_keys else (None, f"unexpected arrays {sorted(all_keys)}")
+            if all_keys:
+                return None, f"unexpected arrays {sorted(all_keys)}"
+            for key in ("personalised-accuracy", "global-accuracy"):
+                v = metrics.get(key)
+                if v is not None and not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                    return None, f"{key} must be in [0, 1], got {v!r}"
+            return {}, None
         if set(content.array_records) != {ARRAYS}:
             return None, f"array records {sorted(content.array_records)} != ['{ARRAYS}']"
         try:
@@ -99,6 +121,7 @@ class SharedPromptFedAvg(FedAvg):
     def _screen(self, replies: Iterable[Message], train: bool) -> tuple[list, RoundReport]:
         report = RoundReport()
         kept = []
+        seen: set[int] = set()
         for msg in replies:
             node = msg.metadata.src_node_id
             report.bytes_from[node] = content_bytes(msg)
@@ -106,14 +129,18 @@ class SharedPromptFedAvg(FedAvg):
                 for rec in msg.content.array_records.values():
                     report.reply_array_keys.update(rec)
             tensors, reason = self.validate_reply(msg, train)
+            if reason is None:
+                pid = msg.content.metric_records[METRICS]["partition-id"]
+                if pid in seen:
+                    reason = f"duplicate partition-id {pid} in this round"
+                seen.add(pid)
             if reason is not None:
                 kind = "failed" if msg.has_error() else "rejected"
                 log.warning("round reply from node %d %s: %s", node, kind, reason)
                 if msg.has_error():
                     report.failed += 1
                 else:
-                    pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
-                    report.rejected.append({"node": node, "partition": pid, "reason": reason})
+                    self._reject(report, msg, reason)
                 continue
             report.ok += 1
             kept.append((msg, tensors, dict(msg.content.metric_records[METRICS])))
@@ -121,11 +148,57 @@ class SharedPromptFedAvg(FedAvg):
         kept.sort(key=lambda item: (item[2].get("partition-id", -1), item[0].metadata.src_node_id))
         return kept, report
 
+    @staticmethod
+    def _reject(report: RoundReport, msg: Message, reason: str) -> None:
+        pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
+        node = msg.metadata.src_node_id
+        report.rejected.append({"node": node, "partition": pid, "reason": reason})
+
+    def prescreen(self, replies: Iterable[Message], train: bool = True) -> tuple[list, RoundReport]:
+        """The replies that pass validation, and the report on the others (for DP wrappers,
+        which must only ever see well-formed replies: they clip and fail on anything else)."""
+        replies = list(replies)
+        kept, report = self._screen(replies, train)
+        ids = {id(msg) for msg, _, _ in kept}
+        return [m for m in replies if id(m) in ids], report
+
+    def _norm_outliers(self, kept: list) -> tuple[list, list[tuple[Message, str]]]:
+        """Split off updates whose distance from the sent prompt is absurd for this round."""
+        if self.max_norm_ratio <= 0 or not self.sent or len(kept) < 2:
+            return kept, []
+        norms = []
+        for _, tensors, _ in kept:
+            sq = sum(
+                float(((t.float() - self.sent[k]) ** 2).sum()) if k in self.sent else 0.0
+                for k, t in tensors.items()
+            )
+            norms.append(math.sqrt(sq))
+        median = float(torch.tensor(norms, dtype=torch.float64).median())  # lower median
+        if median <= 0.0:  # most clients sent the prompt back unchanged: no scale to judge by
+            return kept, []
+        bound = self.max_norm_ratio * median
+        good, bad = [], []
+        for item, norm in zip(kept, norms, strict=True):
+            if norm > bound:
+                reason = (
+                    f"update norm {norm:.4g} > server.max-norm-ratio {self.max_norm_ratio:g} "
+                    f"x round median {median:.4g}"
+                )
+                bad.append((item[0], reason))
+            else:
+                good.append(item)
+        return good, bad
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Example-weighted average of the valid replies' shared tensors (fp32)."""
         kept, report = self._screen(replies, train=True)
+        kept, outliers = self._norm_outliers(kept)
+        for msg, reason in outliers:
+            log.warning("round reply from node %d rejected: %s", msg.metadata.src_node_id, reason)
+            self._reject(report, msg, reason)
+            report.ok -= 1
         self.train_report = report
         if not kept:
             return None, None

@@ -4,6 +4,12 @@ The backbone never changes, so an image's features are a pure function of (model
 dtype, preprocessing, image file). They are computed once per split and reused by every round and
 every process (a deployed ClientApp is a fresh process each round). The cache key covers all of
 those inputs, so a different model or preprocessing can never hit a stale file.
+
+Each file carries a sha256 per tensor (and of the id list); an unreadable, truncated or
+mismatching file is an error naming it (CacheCorruptError), or with ``on_corrupt="quarantine"``
+(run config ``client.on-corrupt``) it is renamed aside with a warning and the features are
+extracted again. Writes go to a temporary file that is fsynced and then renamed, so a full disk or
+a crash mid-write never replaces a good file.
 """
 
 from __future__ import annotations
@@ -27,7 +33,18 @@ from task.data.records import CorruptImageError, ImageRecord, load_rgb
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: per-tensor sha256 in the metadata (format-1 files are never hit)
+
+
+class CacheCorruptError(RuntimeError):
+    """A feature-cache file is unreadable or fails its checksum."""
+
+
+def _sha256(t: torch.Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @dataclass
@@ -93,8 +110,11 @@ def extract_features(
 class FeatureCache:
     """A directory of safetensors files, one per (backbone, preprocessing, image list)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, on_corrupt: str = "error") -> None:
+        if on_corrupt not in ("error", "quarantine"):
+            raise ValueError(f"on_corrupt must be 'error' or 'quarantine', got {on_corrupt!r}")
         self.root = Path(root)
+        self.on_corrupt = on_corrupt
 
     def key(self, backbone: Backbone, records: Sequence[ImageRecord]) -> str:
         h = hashlib.sha256()
@@ -126,7 +146,16 @@ class FeatureCache:
         """Cached features when a matching file exists (with patches if needed), else extract."""
         key = self.key(backbone, records)
         path = self.path(key)
-        cached = self._load(path, records, with_patches)
+        try:
+            cached = self._load(path, records, with_patches)
+        except CacheCorruptError as err:
+            if self.on_corrupt != "quarantine":
+                raise
+            from task.private_store import quarantine
+
+            aside = quarantine(path)
+            log.warning("%s; quarantined to %s, extracting the features again", err, aside.name)
+            cached = None
         if cached is not None:
             return cached
         feats = extract_features(
@@ -140,13 +169,29 @@ class FeatureCache:
     ) -> FeatureSet | None:
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if with_patches and "patches" not in f.keys():  # noqa: SIM118 (safe_open API)
-                return None
+        fix = "Fix: delete the file (it is re-extracted) or set client.on-corrupt='quarantine'"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                names = set(f.keys())
+                if with_patches and "patches" not in names:
+                    return None
+                wanted = ("global", "patches") if with_patches else ("global",)
+                tensors = {k: f.get_tensor(k) for k in wanted}
             ids = json.loads(meta["ids"])
-            global_ = f.get_tensor("global")
-            patches = f.get_tensor("patches") if with_patches else None
+        except Exception as err:  # noqa: BLE001 (any read failure is a corrupt file)
+            raise CacheCorruptError(
+                f"cannot read feature cache {path} (truncated or not a cache file: {err}). {fix}"
+            ) from err
+        sums = json.loads(meta.get("sha256", "{}"))
+        for name, t in tensors.items():
+            if sums.get(name) != _sha256(t):
+                raise CacheCorruptError(f"feature cache {path} fails its checksum ({name}). {fix}")
+        ids_sum = hashlib.sha256(meta["ids"].encode()).hexdigest()
+        if sums.get("ids") != ids_sum or len(ids) != len(tensors["global"]):
+            raise CacheCorruptError(f"feature cache {path} fails its checksum (ids). {fix}")
+        global_ = tensors["global"]
+        patches = tensors.get("patches") if with_patches else None
         labels_by_id = {r.image_id: r.label for r in records}
         labels = torch.tensor([labels_by_id[i] for i in ids], dtype=torch.long)
         skipped = int(meta.get("skipped", "0"))
@@ -159,7 +204,10 @@ class FeatureCache:
         tensors = {"global": feats.global_.contiguous()}
         if feats.patches is not None:
             tensors["patches"] = feats.patches.contiguous()
-        meta = {"ids": json.dumps(feats.ids), "skipped": str(feats.skipped)}
+        ids = json.dumps(feats.ids)
+        sums = {k: _sha256(v) for k, v in tensors.items()}
+        sums["ids"] = hashlib.sha256(ids.encode()).hexdigest()
+        meta = {"ids": ids, "skipped": str(feats.skipped), "sha256": json.dumps(sums)}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)

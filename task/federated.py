@@ -35,6 +35,8 @@ from task.zeroshot import zeroshot_features
 log = logging.getLogger(__name__)
 
 GLOBAL_EVAL_MODES = ("client", "server", "none")
+DP_MODES = ("off", "server", "client")
+ON_CORRUPT_MODES = ("error", "quarantine")
 
 
 # -- configuration of the federated layer ---------------------------------------------------
@@ -50,6 +52,11 @@ class ServerConfig:
     global_eval: str = "client"  # client | server | none: where the shared-only model is scored
     fp16_transport: bool = False  # send the shared prompt as float16 both ways
     timeout: float = 3600.0  # seconds to wait for replies each round
+    min_replies: int = 1  # valid training replies a round needs, else it fails (not saved)
+    max_norm_ratio: float = 10.0  # reject updates with norm > ratio x round median; 0 = off
+    dp: str = "off"  # off | server | client: Flower's DP fixed-clipping on the shared prompt
+    dp_clipping_norm: float = 1.0  # C: L2 bound of each client's shared-prompt update
+    dp_noise_multiplier: float = 1.0  # z: Gaussian noise std = z * C / clients sampled
 
     def validate(self) -> None:
         if self.num_rounds < 1:
@@ -69,8 +76,33 @@ class ServerConfig:
                 f"server.global-eval must be one of {list(GLOBAL_EVAL_MODES)}, "
                 f"got {self.global_eval!r}"
             )
-        if self.timeout <= 0:
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ConfigError(f"server.timeout must be > 0, got {self.timeout}")
+        if self.min_replies < 1:
+            raise ConfigError(f"server.min-replies must be >= 1, got {self.min_replies}")
+        if self.min_replies > self.min_nodes:
+            raise ConfigError(
+                f"server.min-replies ({self.min_replies}) > server.min-nodes ({self.min_nodes}): "
+                "a round could never collect enough replies. Fix: raise server.min-nodes or "
+                "lower server.min-replies"
+            )
+        if not (math.isfinite(self.max_norm_ratio) and self.max_norm_ratio >= 0):
+            raise ConfigError(
+                f"server.max-norm-ratio must be >= 0 (0 = off), got {self.max_norm_ratio}"
+            )
+        if 0 < self.max_norm_ratio < 1:
+            raise ConfigError(
+                f"server.max-norm-ratio must be 0 (off) or >= 1 (a bound above the median), "
+                f"got {self.max_norm_ratio}"
+            )
+        if self.dp not in DP_MODES:
+            raise ConfigError(f"server.dp must be one of {list(DP_MODES)}, got {self.dp!r}")
+        if not (math.isfinite(self.dp_clipping_norm) and self.dp_clipping_norm > 0):
+            raise ConfigError(f"server.dp-clipping-norm must be > 0, got {self.dp_clipping_norm}")
+        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
+            raise ConfigError(
+                f"server.dp-noise-multiplier must be >= 0, got {self.dp_noise_multiplier}"
+            )
 
 
 @dataclass
@@ -92,10 +124,16 @@ class ClientSection:
 
     private_dir: str = ".cache/private"  # base of the private prompt store
     progress: bool = False  # tqdm bars for feature extraction on clients
+    on_corrupt: str = "error"  # error | quarantine: a private prompt or cache file fails its check
 
     def validate(self) -> None:
         if not self.private_dir:
             raise ConfigError("client.private-dir is empty")
+        if self.on_corrupt not in ON_CORRUPT_MODES:
+            raise ConfigError(
+                f"client.on-corrupt must be one of {list(ON_CORRUPT_MODES)}, "
+                f"got {self.on_corrupt!r}"
+            )
 
 
 @dataclass
@@ -257,12 +295,14 @@ def weighted_mean(values: Sequence[tuple[float, int | float]]) -> float:
     return sum(v * n for v, n in kept) / total if total else float("nan")
 
 
-def global_evaluate(cfg: RunConfig, shared: Mapping[str, torch.Tensor]) -> EvalResult:
+def global_evaluate(
+    cfg: RunConfig, shared: Mapping[str, torch.Tensor], on_corrupt: str = "error"
+) -> EvalResult:
     """Shared-only accuracy on the global test set (union of the clients' test splits)."""
     method = get_method(cfg.method.name)
     backbone = get_backbone(cfg.model)
     fed = get_federation(cfg.data)
-    feats = FeatureCache(cfg.cache.dir).load_or_extract(
+    feats = FeatureCache(cfg.cache.dir, on_corrupt=on_corrupt).load_or_extract(
         backbone,
         fed.global_test(),
         method.needs_patches(cfg.loss),
@@ -296,7 +336,12 @@ class FederatedClient:
     """One partition's work in one round: load prompts, train or evaluate, persist privately."""
 
     def __init__(
-        self, cfg: RunConfig, partition_id: int, store: PrivateStore, progress: bool = False
+        self,
+        cfg: RunConfig,
+        partition_id: int,
+        store: PrivateStore,
+        progress: bool = False,
+        on_corrupt: str = "error",
     ) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
@@ -311,7 +356,7 @@ class FederatedClient:
                 "clients. Fix: set data.num-clients to the number of SuperNodes"
             )
         self.data = self.fed.clients[partition_id]
-        self.cache = FeatureCache(cfg.cache.dir)
+        self.cache = FeatureCache(cfg.cache.dir, on_corrupt=on_corrupt)
 
     def features(self, split: str) -> FeatureSet:
         records = self.data.train if split == "train" else self.data.test

@@ -4,8 +4,12 @@ The private prompt never leaves the client, and a ClientApp may be a fresh proce
 (deployment), so the prompt lives on disk. Files are versioned by the round that produced them so a
 run resumed after an interruption replays round r+1 from the version of round r even when some
 clients had already written round r+1: the private prompts and the server's global checkpoint
-always line up. Each file carries a sha256 of its tensor bytes; a mismatch is an error, never a
-silent fresh start.
+always line up. Each file carries a sha256 of its tensor bytes; a mismatch (or an unreadable,
+truncated file) is an error naming the file, never a silent fresh start. With
+``on_corrupt="quarantine"`` (run config ``client.on-corrupt``) the bad file is renamed aside to
+``<name>.corrupt-<time>`` with a warning and the next older good version is used (none left: the
+client re-initialises its private prompt). A failed write (full disk, crash) leaves the previous
+files untouched: the new version only appears by an atomic rename after a complete, fsynced write.
 
 Layout: ``<base>/<experiment>/client-<partition>/private-r<round:05d>.safetensors``.
 """
@@ -16,7 +20,9 @@ import hashlib
 import logging
 import os
 import re
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,12 +51,23 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 class PrivateStore:
     """The versions of one client's private prompt within one experiment."""
 
-    def __init__(self, base_dir: str | Path, experiment: str, partition_id: int) -> None:
+    def __init__(
+        self,
+        base_dir: str | Path,
+        experiment: str,
+        partition_id: int,
+        on_corrupt: str = "error",
+    ) -> None:
         if not experiment:
             raise ValueError("a private store needs an experiment name (keys the directory)")
+        if on_corrupt not in ("error", "quarantine"):
+            raise ValueError(f"on_corrupt must be 'error' or 'quarantine', got {on_corrupt!r}")
         safe = _SAFE.sub("_", experiment)
         self.dir = Path(base_dir).expanduser() / safe / f"client-{int(partition_id)}"
         self.partition_id = int(partition_id)
+        self.on_corrupt = on_corrupt
+        # Called with the complete temporary file just before the rename (fault injection).
+        self.before_replace: Callable[[Path], None] | None = None
 
     def path(self, server_round: int) -> Path:
         return self.dir / f"private-r{server_round:05d}.safetensors"
@@ -64,23 +81,36 @@ class PrivateStore:
 
     def load(self, max_round: int) -> tuple[torch.Tensor, int] | None:
         """The newest version saved at a round <= max_round, or None if there is none yet."""
-        usable = [r for r in self.rounds() if r <= max_round]
-        if not usable:
-            return None
-        r = usable[-1]
-        path = self.path(r)
+        for r in reversed([r for r in self.rounds() if r <= max_round]):
+            try:
+                return self._read(self.path(r)), r
+            except PrivateStoreError as err:
+                if self.on_corrupt != "quarantine":
+                    raise
+                aside = quarantine(self.path(r))
+                older = "an older version" if any(x < r for x in self.rounds()) else "a fresh one"
+                log.warning("%s; quarantined to %s, continuing from %s", err, aside.name, older)
+        return None
+
+    @staticmethod
+    def _read(path: Path) -> torch.Tensor:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensor = f.get_tensor("private")
         except Exception as err:  # noqa: BLE001 (any read failure is a corrupt store)
-            raise PrivateStoreError(f"cannot read private prompt {path}: {err}") from err
+            raise PrivateStoreError(
+                f"cannot read private prompt {path} (truncated or not a safetensors file: {err}). "
+                "Fix: restore the file, delete it to fall back to the previous version or a "
+                "fresh prompt, or set client.on-corrupt='quarantine'"
+            ) from err
         if meta.get("sha256") != tensor_sha256(tensor):
             raise PrivateStoreError(
                 f"private prompt {path} fails its checksum (disk corruption or a partial copy). "
-                "Fix: restore the file, or delete the client's directory to start it afresh"
+                "Fix: restore the file, delete it to fall back to the previous version or a "
+                "fresh prompt, or set client.on-corrupt='quarantine'"
             )
-        return tensor, r
+        return tensor
 
     def save(self, tensor: torch.Tensor, server_round: int) -> Path:
         """Write the version of ``server_round`` atomically (tmp, fsync, rename), prune old ones."""
@@ -89,10 +119,14 @@ class PrivateStore:
         path = self.path(server_round)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         meta = {"sha256": tensor_sha256(t), "round": str(server_round)}
+        for stale in self.dir.glob(".private-r*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         try:
             save_file({"private": t}, str(tmp), metadata=meta)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            if self.before_replace is not None:
+                self.before_replace(tmp)
             os.replace(tmp, path)
             _fsync_dir(self.dir)
         finally:
@@ -102,6 +136,15 @@ class PrivateStore:
         for r in older[: -(KEEP_VERSIONS - 1)]:
             self.path(r).unlink(missing_ok=True)
         return path
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a bad file aside (kept for inspection, never read again); returns the new path."""
+    aside = path.with_name(
+        f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
+    os.replace(path, aside)
+    return aside
 
 
 def _fsync_dir(path: Path) -> None:

@@ -28,7 +28,15 @@ from safetensors.torch import load_file, save_file
 
 # Keys that may change between an interrupted run and its resumption.
 RESUMABLE_KEYS = frozenset(
-    {"server.num-rounds", "run.resume", "server.timeout", "client.progress", "run.dir"}
+    {
+        "server.num-rounds",
+        "run.resume",
+        "server.timeout",
+        "client.progress",
+        "run.dir",
+        "server.min-replies",
+        "client.on-corrupt",
+    }
 )
 
 
