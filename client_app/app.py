@@ -141,6 +141,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         "personalised-loss": float(res.personalised.loss),
         "global-accuracy": float(res.global_.accuracy),
         "global-loss": float(res.global_.loss),
+        "global-num-examples": int(res.global_.num_examples),
         "partition-id": client.partition_id,
         "private-round": -1 if res.private_round is None else int(res.private_round),
     }

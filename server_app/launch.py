@@ -7,12 +7,25 @@ composes configs and sweeps. Each (multirun) job flattens ``run_config`` to Flow
     flwr run <app> [<connection>] --stream --run-config <file> \\
         --federation-config "num-supernodes=<data.num-clients>"
 
+The launcher fixes ``run.name`` (the name the app itself would derive, see
+``task.federated.default_run_name``), so it knows the run directory before starting. A sweep runs
+its jobs one after another and, per job:
+
+* **skip**: ``runs/<name>/summary.json`` exists and its ``final_round`` reaches
+  ``server.num-rounds`` (``launch.skip_complete=false`` reruns; the app then resumes, a no-op);
+* **resume**: the directory exists but the run is unfinished (interrupted, or more rounds were
+  asked for): the same ``flwr run`` call, and the ServerApp continues after the last completed
+  round (same ``run.name``, ``run.resume=true``);
+* **new**: otherwise.
+
+Each job writes ``launch.json`` (name, action, command, exit code) next to its TOML.
+
 Examples::
 
-    python -m server_app.launch experiment=ucmerced_promptfl run_config.server.num-rounds=5
-    python -m server_app.launch -m run_config.method.name=promptfl,fedrsclip \\
-        run_config.data.num-clients=10,20 run_config.train.seed=0,1,2
-    python -m server_app.launch launch.dry_run=true      # print the command only
+    python -m server_app.launch federation=ucmerced_20 method=promptfl rounds=5
+    python -m server_app.launch -m federation=ucmerced_10,ucmerced_40 \\
+        method=promptfl,fedrsclip split=even,dirichlet0.1 seed=0,1,2
+    python -m server_app.launch launch.dry_run=true      # print the command (and action) only
 """
 
 from __future__ import annotations
@@ -22,12 +35,16 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from task.config import ConfigError
+from task.federated import default_run_name, parse_app_config
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Keys holding a local path; made absolute because the SuperLink may run in another directory.
@@ -82,11 +99,77 @@ def to_toml(flat: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_command(cfg: DictConfig, out_dir: Path, base: Path) -> list[str]:
-    """The `flwr run` argv for one composed config; writes the run-config TOML to out_dir."""
+def app_defaults(app_dir: Path) -> dict[str, Any]:
+    """The app's run-config defaults ([tool.flwr.app.config] of its pyproject.toml)."""
+    path = app_dir / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    data = tomllib.loads(path.read_text())
+    return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def composed_flat(cfg: DictConfig, base: Path) -> dict[str, Any]:
+    """run_config flattened, paths made absolute, and ``run.name`` fixed (derived if empty)."""
     flat = flatten(OmegaConf.to_container(cfg.run_config, resolve=True))
     if cfg.launch.resolve_paths:
         flat = resolve_paths(flat, base)
+    if not flat.get("run.name"):
+        merged = {**app_defaults((base / cfg.launch.app).resolve()), **flat}
+        try:
+            parsed = parse_app_config(merged)
+        except ConfigError:  # pyproject.toml and task/config.py out of step: let the app say so
+            parsed = parse_app_config(flat)
+        flat["run.name"] = default_run_name(parsed)
+    return flat
+
+
+def run_state(run_root: Path, num_rounds: int) -> tuple[str, int]:
+    """("complete" | "resume" | "new", last round recorded) for the run directory ``run_root``.
+
+    Complete: summary.json exists and its final_round reaches ``num_rounds``. Resume: the
+    directory holds a started run (state.json or metrics) that is not complete. New: otherwise.
+    """
+    summary = run_root / "summary.json"
+    done = 0
+    if summary.is_file():
+        try:
+            done = int(json.loads(summary.read_text()).get("final_round") or 0)
+        except (ValueError, json.JSONDecodeError):
+            done = 0
+        if done >= num_rounds:
+            return "complete", done
+    metrics = run_root / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                done = max(done, int(json.loads(line)["round"]))
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+                break
+    if done or (run_root / "state.json").is_file():
+        return "resume", done
+    return "new", 0
+
+
+def plan(cfg: DictConfig, flat: Mapping[str, Any], base: Path) -> tuple[str, Path, int, int]:
+    """(action, run directory, rounds done, rounds asked) for one composed job."""
+    defaults = app_defaults((base / cfg.launch.app).resolve())
+    run_dir = Path(str(flat.get("run.dir", defaults.get("run.dir", "runs"))))
+    if not run_dir.is_absolute():
+        run_dir = base / run_dir
+    rounds = int(flat.get("server.num-rounds", defaults.get("server.num-rounds", 1)))
+    root = run_dir / str(flat["run.name"])
+    action, done = run_state(root, rounds)
+    if action == "complete" and not cfg.launch.skip_complete:
+        action = "resume"
+    return action, root, done, rounds
+
+
+def build_command(
+    cfg: DictConfig, out_dir: Path, base: Path, flat: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The `flwr run` argv for one composed config; writes the run-config TOML to out_dir."""
+    if flat is None:
+        flat = composed_flat(cfg, base)
     out_dir.mkdir(parents=True, exist_ok=True)
     toml_path = out_dir / "run_config.toml"
     toml_path.write_text(to_toml(flat))
@@ -107,15 +190,36 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    cmd = build_command(cfg, out_dir, Path(hydra.utils.get_original_cwd()))
+    launch_job(cfg, out_dir, Path(hydra.utils.get_original_cwd()))
+
+
+def launch_job(cfg: DictConfig, out_dir: Path, base: Path) -> int:
+    """Plan one job (skip / resume / new), run it unless skipped or dry, return its exit code."""
+    flat = composed_flat(cfg, base)
+    cmd = build_command(cfg, out_dir, base, flat)
+    action, root, done, rounds = plan(cfg, flat, base)
+    print(f"[launch] {action} {root.name} ({done}/{rounds} rounds done)", flush=True)
     print(shlex.join(cmd), flush=True)
-    if cfg.launch.dry_run:
-        return
-    env = dict(os.environ)
-    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    rc = subprocess.run(cmd, env=env, check=False).returncode
+    record: dict[str, Any] = {
+        "run": root.name,
+        "run_dir": str(root),
+        "action": action,
+        "rounds_done": done,
+        "rounds": rounds,
+        "command": cmd,
+    }
+    rc = 0
+    if action != "complete" and not cfg.launch.dry_run:
+        env = dict(os.environ)
+        env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+        rc = subprocess.run(cmd, env=env, check=False).returncode
+        record["returncode"] = rc
+    (out_dir / "launch.json").write_text(json.dumps(record, indent=1))
     if rc != 0:
-        sys.exit(rc)
+        print(f"[launch] {root.name} failed with exit code {rc}", flush=True)
+        if not cfg.launch.continue_on_error:
+            sys.exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,9 @@ class SharedPromptFedAvg(FedAvg):
                 return None, f"unexpected arrays {sorted(all_keys)}"
             for key in ("personalised-accuracy", "global-accuracy"):
                 v = metrics.get(key)
-                if v is not None and not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                if v is None or _no_examples(metrics, key, v):
+                    continue
+                if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
                     return None, f"{key} must be in [0, 1], got {v!r}"
             return {}, None
         if set(content.array_records) != {ARRAYS}:
@@ -235,3 +237,9 @@ class SharedPromptFedAvg(FedAvg):
                 "global_accuracy": float(m.get("global-accuracy", float("nan"))),
             }
         return MetricRecord(out)
+
+
+def _no_examples(metrics: Mapping[str, Any], key: str, value: Any) -> bool:
+    """NaN is the honest accuracy of a model evaluated on nothing (e.g. ``local``'s global one)."""
+    count = metrics.get(key.replace("accuracy", "num-examples"))
+    return isinstance(value, float) and math.isnan(value) and count == 0

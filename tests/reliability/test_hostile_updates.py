@@ -108,6 +108,25 @@ def test_hostile_evaluate_metrics_are_rejected() -> None:
     assert "personalised-accuracy" in s.eval_report.rejected[0]["reason"]
 
 
+def test_nan_global_accuracy_accepted_only_for_an_empty_global_model() -> None:
+    """``local`` has no global model: NaN over 0 examples is honest, NaN over examples is not."""
+    s = _strategy()
+    empty = reply(1, None)
+    empty.content["metrics"] = MetricRecord(
+        {"num-examples": 4, "personalised-accuracy": 0.5, "global-accuracy": float("nan"),
+         "global-num-examples": 0, "partition-id": 1}
+    )  # fmt: skip
+    lying = reply(2, None)
+    lying.content["metrics"] = MetricRecord(
+        {"num-examples": 4, "personalised-accuracy": 0.5, "global-accuracy": float("nan"),
+         "global-num-examples": 4, "partition-id": 2}
+    )  # fmt: skip
+    m = s.aggregate_evaluate(1, [empty, lying])
+    assert m["personalised-accuracy"] == 0.5
+    assert len(s.eval_report.rejected) == 1
+    assert "global-accuracy" in s.eval_report.rejected[0]["reason"]
+
+
 @pytest.mark.slow
 def test_run_survives_hostile_clients(tmp_path: Path, tiny_clip_dir: Path, caplog) -> None:
     """Real ServerApp loop + ClientApps in-process; client 2 turns hostile in every round."""

@@ -18,7 +18,7 @@ from tests.reliability.helpers import rows, run, setup_run
 
 REPLY_METRIC_KEYS = {
     "num-examples", "train-loss", "steps", "partition-id", "personalised-accuracy",
-    "personalised-loss", "global-accuracy", "global-loss", "private-round",
+    "personalised-loss", "global-accuracy", "global-loss", "global-num-examples", "private-round",
 }  # fmt: skip
 
 

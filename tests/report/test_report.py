@@ -1,0 +1,151 @@
+"""task.report: fake run directories (written with RunDir) -> docs/results.md + PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from task.report import federation_label, load_runs, main, run_stats
+from task.run_dir import RunDir, summarise
+
+MODEL = "openai/clip-vit-base-patch16"  # a hub id: W = 512 without loading anything
+
+
+def make_run(
+    base: Path,
+    method: str,
+    seed: int,
+    accs: list[float],
+    *,
+    rounds: int | None = None,
+    secs: float = 10.0,
+    payload: int = 8192,
+    finish: bool = True,
+    **extra,
+) -> Path:
+    cfg = {
+        "model.name": MODEL,
+        "method.name": method,
+        "train.seed": seed,
+        "train.lr": 0.002,
+        "data.dataset": "ucmerced",
+        "data.root": "/nonexistent/ucmerced",
+        "data.num-clients": 10,
+        "data.partitioner": "even",
+        "prompt.n-ctx": 4,
+        "server.num-rounds": rounds or len(accs),
+        **extra,
+    }
+    name = f"{method}-{seed}-{abs(hash(json.dumps(extra, sort_keys=True))) % 1000}"
+    run = RunDir.open(base, name, cfg, resume=False)
+    run.save_checkpoint(0, {"shared_ctx": torch.zeros(4, 512)})
+    for r, acc in enumerate(accs, 1):
+        run.append_metrics(
+            {
+                "round": r,
+                "personalised_accuracy": acc,
+                "global_accuracy": None if method == "local" else acc - 0.05,
+                "round_seconds": secs * (3 if r == 1 else 1),
+                "bytes_to_clients": 100_000,
+                "bytes_from_clients": 50_000,
+                "shared_payload_bytes": payload,
+                "per_client": {"0": {"train_seconds": secs / 2}},
+            }
+        )
+        run.save_checkpoint(r, {"shared_ctx": torch.zeros(4, 512)})
+    if finish:
+        run.write_summary(summarise(run.read_metrics(), {"run": name}))
+    return run.root
+
+
+def test_report_tables_plots_and_honest_margins(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed, (ours, base) in enumerate([(0.60, 0.70), (0.64, 0.72)]):
+        make_run(runs, "fedrsclip", seed, [0.3, 0.5, ours], secs=30.0)
+        make_run(runs, "promptfl", seed, [0.4, 0.6, base])
+        make_run(runs, "fedrsclip-noot", seed, [0.3, 0.4, 0.5], secs=10.0)
+    make_run(runs, "zeroshot", 0, [0.2], payload=0)
+    make_run(runs, "local", 0, [0.5, 0.55, 0.58], payload=0)
+    make_run(runs, "fedprox", 0, [0.3, 0.4], rounds=5, finish=False)  # interrupted
+    make_run(runs, "promptfl", 0, [0.1, 0.2, 0.3], **{"train.lr": 0.5})  # another setup
+    out = tmp_path / "docs" / "results.md"
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "preamble.md").write_text("STAND-IN WARNING\n")
+
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+
+    assert text.index("STAND-IN WARNING") < text.index("## Setup 1")
+    assert "## Setup 2" in text and "`train.lr=0.5`" in text  # recipes never share a table
+    assert "Fed-UCMerced 10c even" in text and MODEL in text
+    # mean ± sample std over two seeds: fedrsclip 62.00 ± 2.83, promptfl 71.00 ± 1.41
+    assert "| `fedrsclip` | 62.00 ± 2.83 |" in text
+    assert "| `promptfl` | 71.00 ± 1.41 |" in text
+    assert "| `zeroshot` | 20.00 (n=1) |" in text
+    # fedrsclip loses to promptfl by 9 points and the report says so
+    assert "| Fed-UCMerced 10c even | `promptfl` | -9.00 |" in text
+    # registry count (h x W = 4 x 512) and measured payload; zero for zeroshot/local
+    assert "| 2,048 | 8,192 | 50,000 | 100,000 |" in text
+    assert "| `local` | 0 | 3 | 58.00 (n=1) | — |" in text
+    # OT cost: 30 s vs 10 s per steady round, per-client train 15 vs 5
+    assert "| with / without OT | 3.00× | 3.00× |  |" in text
+    # the interrupted run is listed, not averaged
+    assert "`fedprox` | 2 / 5 |" in text.split("## Incomplete runs")[1]
+    pngs = sorted(p.name for p in (tmp_path / "docs" / "results").glob("*.png"))
+    assert pngs == [
+        "setup1-fed-ucmerced-10c-even-accuracy.png",
+        "setup1-fed-ucmerced-10c-even-bytes.png",
+        "setup2-fed-ucmerced-10c-even-accuracy.png",
+        "setup2-fed-ucmerced-10c-even-bytes.png",
+    ]
+    assert "](results/setup1-fed-ucmerced-10c-even-bytes.png)" in text
+
+
+def test_run_stats_and_labels(tmp_path: Path) -> None:
+    root = make_run(tmp_path, "fedrsclip", 0, [0.2, 0.4, 0.5], secs=4.0)
+    (run,) = load_runs(tmp_path)
+    assert run.complete
+    st = run_stats(run)
+    assert st.personalised == 0.5 and st.rounds == 3
+    assert st.steady_round_seconds == 4.0 and st.wall_seconds == 12.0 + 4.0 + 4.0
+    assert [c[3] for c in st.curve] == [150_000.0, 300_000.0, 450_000.0]
+    # a torn last metrics line is ignored, as RunDir does
+    with (root / "metrics.jsonl").open("a") as f:
+        f.write('{"round": 4, "perso')
+    assert len(load_runs(tmp_path)[0].metrics) == 3
+    cfg = {"data.cross": "ucmerced:5,aid:5", "data.partitioner": "dirichlet", "data.alpha": 0.1}
+    assert federation_label(cfg) == "cross ucmerced:5+aid:5 Dir(0.1)"
+    assert federation_label({"data.dataset": "optimal-31", "data.num-clients": 40}) == (
+        "Fed-Optimal 40c even"
+    )
+
+
+def test_key_added_later_does_not_split_a_setup(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "promptfl", 0, [0.4, 0.5])
+    make_run(runs, "fedrsclip", 0, [0.4, 0.6], **{"loss.new-key": "auto"})
+    out = tmp_path / "results.md"
+    from task.report import load_runs, render
+
+    defaults = {"train.lr": 0.002, "loss.new-key": "auto"}
+    text = render(load_runs(runs), out, defaults=defaults)
+    assert "## Setup 2" not in text
+    assert "ran before `loss.new-key` existed" in text
+
+
+def test_a_rerun_with_the_same_seed_supersedes_the_older_run(tmp_path: Path) -> None:
+    import os
+
+    from task.report import load_runs, render
+
+    runs = tmp_path / "runs"
+    old = make_run(runs, "fedrsclip", 0, [0.4, 0.5])
+    new = make_run(runs, "fedrsclip", 0, [0.4, 0.7], **{"loss.new-key": "x"})
+    os.utime(old / "summary.json", (1, 1))
+    defaults = {"loss.new-key": "x"}
+    text = render(load_runs(runs), tmp_path / "r.md", defaults=defaults)
+    assert "| `fedrsclip` | 70.00 (n=1) |" in text
+    sup = text.split("## Superseded runs")[1]
+    assert f"`{old.name}`" in sup and f"`{new.name}`" in sup and "50.00 (n=1)" in sup
