@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from task.config import ConfigError, ModelConfig
+from task.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +145,9 @@ def _identity(source: str, model: CLIPModel) -> str:
     if path.is_dir():
         for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
             h.update(weights.name.encode())
-            h.update(_file_sha256(weights).encode())
+            h.update(file_sha256(weights).encode())
     else:
         h.update(source.encode())
         h.update(str(getattr(model.config, "_commit_hash", "") or "").encode())
     return h.hexdigest()[:16]
 
-
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -19,7 +19,6 @@ the tables; the others are listed as incomplete. Plots go to ``<out dir>/results
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from task.hashing import file_sha256
 from task.methods import METHODS, get_method, prompt_numel
 
 # Keys that do not define a setup (they vary within a table, or only say where things live).
@@ -183,14 +183,6 @@ def app_defaults(repo: Path | None = None) -> dict[str, Any]:
     return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def backbone_identity(run: Run, _cache: dict[str, str] = {}) -> str:  # noqa: B006
     """A recorded identity (summary/config), else sha256 of local weights, else 'not recorded'."""
     for src in (run.summary or {}, run.config):
@@ -201,7 +193,7 @@ def backbone_identity(run: Run, _cache: dict[str, str] = {}) -> str:  # noqa: B0
     if name not in _cache:
         weights = Path(name) / "model.safetensors"
         if weights.is_file():
-            _cache[name] = f"model.safetensors sha256 {_sha256(weights)[:16]} (read now)"
+            _cache[name] = f"model.safetensors sha256 {file_sha256(weights)[:16]} (read now)"
         else:
             _cache[name] = "not recorded"
     return _cache[name]
@@ -216,7 +208,7 @@ def data_identity(cfg: Mapping[str, Any]) -> str:
     ]:
         root = _norm(root)
         manifest = Path(root.rstrip("/") + ".sha256")
-        extra = f" (manifest sha256 {_sha256(manifest)[:16]})" if manifest.is_file() else ""
+        extra = f" (manifest sha256 {file_sha256(manifest)[:16]})" if manifest.is_file() else ""
         parts.append(f"`{root}`{extra}")
     return ", ".join(parts)
 
