@@ -140,6 +140,17 @@ def _round(
     keys_seen: set[str] = set()
     payload = 0
 
+    def absorb(rep: Any, missing: int = 0) -> None:
+        """Fold one phase's reply report (train or evaluate) into the round's tallies."""
+        nonlocal failed
+        _merge(bytes_from, rep.bytes_from)
+        failed += rep.failed + missing
+        rejected.extend(rep.rejected)
+        keys_seen.update(rep.reply_array_keys)
+        for pid, values in rep.per_client.items():
+            node_pid[values["node"]] = pid
+            per_client.setdefault(pid, {}).update(values)
+
     if trains:  # also methods that share nothing (local training): they still train
         # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
         random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
@@ -180,13 +191,7 @@ def _round(
             )
             log.error("%s", err)
             raise err
-        _merge(bytes_from, rep.bytes_from)
-        failed += rep.failed
-        rejected += rep.rejected
-        keys_seen |= rep.reply_array_keys
-        for pid, values in rep.per_client.items():
-            node_pid[values["node"]] = pid
-            per_client.setdefault(pid, {}).update(values)
+        absorb(rep)
         if arrays is not None:
             shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
             record["train_loss"] = float(metrics["train-loss"]) if metrics else None
@@ -215,13 +220,7 @@ def _round(
         missing = _missing(messages, replies, server_round, "evaluate")
         metrics = strategy.aggregate_evaluate(server_round, replies)
         rep = strategy.eval_report
-        _merge(bytes_from, rep.bytes_from)
-        failed += rep.failed + missing
-        rejected += rep.rejected
-        keys_seen |= rep.reply_array_keys
-        for pid, values in rep.per_client.items():
-            node_pid[values["node"]] = pid
-            per_client.setdefault(pid, {}).update(values)
+        absorb(rep, missing)
         if metrics is not None:
             record["personalised_accuracy"] = float(metrics["personalised-accuracy"])
             record["personalised_loss"] = float(metrics["personalised-loss"])
