@@ -153,13 +153,10 @@ def _solve(
     cost = (1.0 - cos).reshape(b * c, n, m)
     if marginal_reg > 0:
         return _solve_unbalanced(cost, reg, max_iter, tol, marginal_reg, (b, c))
+    solve_dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     if m == 1 and solver == "auto":  # the only feasible plan puts 1/N on every patch (exact)
         plan = torch.full_like(cost, 1.0 / n).detach()
-        linear = loss_linear_batch(cost, plan)
-        value = linear - reg * entropy_batch(plan)
-        return OTResult((1.0 - linear).reshape(b, c), value.reshape(b, c), plan.reshape(b, c, n, m))
-    solve_dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    if m == 2 and solver == "auto":
+    elif m == 2 and solver == "auto":
         plan = two_point_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
     else:
         plan = sinkhorn_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
