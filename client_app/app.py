@@ -4,7 +4,10 @@ Thin adapter over task.federated.FederatedClient: decode the message, run the ro
 the shared tensors and metrics only. The private prompt is loaded from and saved to the store
 under ``<private-dir>/<experiment>/client-<partition>/``; ``private-dir`` comes from the node config
 (deployment: ``--node-config "private-dir='/data/private'"``) or else ``client.private-dir``;
-likewise the node config's ``cache-dir`` overrides ``cache.dir`` (the frozen feature cache).
+likewise the node config's ``cache-dir`` overrides ``cache.dir`` (the frozen feature cache), and
+``data-root`` names the node's own ``<root>/<class>/<image>`` folder: with
+``data.partitioner=local`` it is the node's whole partition (required), otherwise it replaces
+``data.root`` on this node (its own copy of the shared dataset, e.g. at another path).
 
 With ``server.dp = "client"`` the server's DP wrapper puts a clipping norm in the train config and
 Flower's ``fixedclipping_mod`` clips this client's shared-prompt update before it is sent.
@@ -18,6 +21,7 @@ last good one (a crash mid-write); ``*`` matches any partition or round.
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local dirs or already cached
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -37,6 +41,7 @@ from task.private_store import PrivateStore  # noqa: E402
 
 PRIVATE_DIR_KEY = "private-dir"
 CACHE_DIR_KEY = "cache-dir"
+DATA_ROOT_KEY = "data-root"
 FAULT_ENV = "FEDRSCLIP_FAULT"
 
 
@@ -85,6 +90,9 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
         core = dataclasses.replace(
             core, cache=dataclasses.replace(core.cache, dir=str(node[CACHE_DIR_KEY]))
         )
+    data_root = str(node.get(DATA_ROOT_KEY, "") or "")
+    if data_root and core.data.partitioner != "local":
+        core = dataclasses.replace(core, data=dataclasses.replace(core.data, root=data_root))
     server_round = int(config["server-round"])
     store = PrivateStore(base, str(config["experiment"]), partition_id, cfg.client.on_corrupt)
     if _faults("save", partition_id, server_round):
@@ -99,8 +107,19 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
         store,
         progress=cfg.client.progress,
         on_corrupt=cfg.client.on_corrupt,
+        data_root=data_root,
     )
     return client, server_round, cfg.server.fp16_transport
+
+
+def _timings(client: FederatedClient, t0: float) -> dict[str, float]:
+    """Where this reply's time went: image features (cache load or extraction) and the rest."""
+    total = time.perf_counter() - t0
+    return {
+        "time-total": total,
+        "time-features": client.feature_seconds,
+        "time-compute": total - client.feature_seconds,
+    }
 
 
 def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
@@ -113,9 +132,12 @@ def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally from the received shared prompt; reply with the shared tensors only."""
+    t0 = time.perf_counter()
     client, server_round, _ = _client(msg, context)
     if _faults("train", client.partition_id, server_round):
         raise InjectedFault(f"injected fault: client {client.partition_id} train (FEDRSCLIP_FAULT)")
+    if _faults("hang", client.partition_id, server_round):
+        _hang(client.partition_id, server_round)
     shared, fp16 = _shared(msg)
     new_shared, result = client.train(shared, server_round)
     metrics = {
@@ -125,6 +147,7 @@ def train(msg: Message, context: Context) -> Message:
         "partition-id": client.partition_id,
     }
     metrics.update({f"train-{k}": float(v) for k, v in result.parts.items() if k != "loss"})
+    metrics.update(_timings(client, t0))
     content = RecordDict({ARRAYS: to_record(new_shared, fp16=fp16), METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
@@ -132,6 +155,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Personalised (shared + private) and shared-only accuracy on this client's test split."""
+    t0 = time.perf_counter()
     client, server_round, _ = _client(msg, context)
     shared, _ = _shared(msg)
     res = client.evaluate(shared, server_round)
@@ -145,4 +169,28 @@ def evaluate(msg: Message, context: Context) -> Message:
         "partition-id": client.partition_id,
         "private-round": -1 if res.private_round is None else int(res.private_round),
     }
+    metrics.update(_timings(client, t0))
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+FAULT_MARKER_ENV = "FEDRSCLIP_FAULT_MARKER"
+FAULT_HANG_ENV = "FEDRSCLIP_FAULT_HANG_S"
+
+
+def _hang(partition_id: int, server_round: int) -> None:
+    """Fault stage ``hang`` (tests only): this ClientApp has set up its round (config, private
+    store) and stops making progress, so a test can kill its SuperNode while it "trains".
+
+    Writes ``<FEDRSCLIP_FAULT_MARKER>/hang-p<partition>-r<round>`` (holding this process id) when
+    that variable names a directory, then sleeps ``FEDRSCLIP_FAULT_HANG_S`` seconds (default 600)
+    and carries on training normally.
+    """
+    import time
+
+    marker_dir = os.environ.get(FAULT_MARKER_ENV, "")
+    if marker_dir:
+        marker = os.path.join(marker_dir, f"hang-p{partition_id}-r{server_round}")
+        with open(marker + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(marker + ".tmp", marker)
+    time.sleep(float(os.environ.get(FAULT_HANG_ENV, "600")))

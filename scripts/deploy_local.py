@@ -9,21 +9,32 @@ Every component is a separate OS process on 127.0.0.1, exactly as on real machin
   feature-cache directories (node config) and its own working directory ``nodes/node-i/``;
 * ``flwr run <app> <connection> --stream`` against them (connection in a private FLWR_HOME).
 
+With ``--split-folders`` each node gets its own image folder, as at a real institution: the run
+config's dataset is partitioned once here (its ``data.*`` keys), node i's images are linked (or
+copied, ``--copy-images``) into ``nodes/node-i/images/<class>/``, each SuperNode is started with
+node config ``data-root=<that folder>`` and the run with ``data.partitioner=local``,
+``data.class-names=...`` and no ``data.root`` (``run-config.local.toml``), so neither the server
+nor any other node can list a node's images.
+
 Layout of ``--workdir``::
 
     certs/ca.crt ca.key server.crt server.key   keys/node-i(.pub)   flwr-home/config.toml
     superlink/   (SuperLink cwd: state.db, runs/ when run.dir is relative)
     nodes/node-i/private/   nodes/node-i/.cache/features/   logs/*.log
+    nodes/node-i/images/    split/partition.json   run-config.local.toml   (--split-folders)
 
 Examples::
 
     python scripts/deploy_local.py up --nodes 3 --workdir /tmp/fedrsclip-deploy \\
         --run-config my-run.toml               # start, run, stop
     python scripts/deploy_local.py up --nodes 3 --workdir DIR --keep   # leave it running
+    python scripts/deploy_local.py up --nodes 3 --workdir DIR --run-config my-run.toml \\
+        --split-folders                        # one image folder per node (partitioner=local)
     python scripts/deploy_local.py certs --out docker/certs --san superlink   # CA + server cert
     python scripts/deploy_local.py keygen --out keys/node-0   # a SuperNode key pair
 
-Only the standard library, ``cryptography`` (a Flower dependency) and the Flower CLIs are used.
+Only the standard library, ``cryptography`` (a Flower dependency) and the Flower CLIs are used;
+``--split-folders`` also imports this repository's data layer (``task.data``) to partition.
 """
 
 from __future__ import annotations
@@ -35,12 +46,14 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,6 +242,11 @@ class Node:
         return self.dir / ".cache" / "features"
 
     @property
+    def images(self) -> Path:
+        """The node's own image folder (--split-folders): its node-config data-root."""
+        return self.dir / "images"
+
+    @property
     def log(self) -> Path:
         return self.dir.parent.parent / "logs" / f"supernode-{self.index}.log"
 
@@ -242,6 +260,7 @@ class LocalDeployment:
     tls: bool = True
     auth: bool = True
     node_extra: dict[str, str] = field(default_factory=dict)  # more node-config keys for all
+    data_roots: dict[int, Path] = field(default_factory=dict)  # node index -> data-root
     env_extra: dict[str, str] = field(default_factory=dict)
     superlink_port: int = 0
     nodes: list[Node] = field(default_factory=list)
@@ -387,6 +406,8 @@ class LocalDeployment:
             "private-dir": json.dumps(str(node.private_dir)),
             "cache-dir": json.dumps(str(node.cache_dir)),
         }
+        if node.index in self.data_roots:
+            cfg["data-root"] = json.dumps(str(self.data_roots[node.index]))
         cfg.update(self.node_extra)
         return " ".join(f"{k}={v}" for k, v in cfg.items())
 
@@ -411,6 +432,52 @@ class LocalDeployment:
                 self.register(node.key.with_name(node.key.name + ".pub"))
             node.proc = self._spawn(self.supernode_argv(node), node.dir, node.log)
 
+    def split_folders(self, run_config: Path, copy: bool = False) -> Path:
+        """Give every node its own image folder; return the run config for partitioner=local.
+
+        Partitions the run config's dataset with its data.* keys (data.num-clients must equal
+        the number of nodes), writes node i's images (train and test: the node splits them
+        itself) to ``nodes/node-i/images/<class folder>/`` as symlinks or copies, the split's
+        manifest to ``split/``, and ``run-config.local.toml``: the same config with
+        data.partitioner=local, data.class-names and no data.root.
+        """
+        import dataclasses
+
+        from task.config import parse_run_config
+        from task.data import build_federation, write_manifest
+
+        flat = tomllib.loads(run_config.read_text())
+        data = parse_run_config({k: v for k, v in flat.items() if k.startswith("data.")}).data
+        if data.partitioner == "local" or data.cross or data.num_clients != self.num_nodes:
+            raise ValueError(
+                f"--split-folders partitions one dataset (data.root) over the {self.num_nodes} "
+                f"nodes; {run_config} has data.partitioner={data.partitioner!r}, "
+                f"data.cross={data.cross!r}, data.num-clients={data.num_clients}. Fix: use a "
+                f"non-local partitioner, no data.cross, and data.num-clients={self.num_nodes}"
+            )
+        # Every image of a client goes to its node; the node re-splits (test, val) itself.
+        fed = build_federation(dataclasses.replace(data, val_fraction=0.0, holdout="test"))
+        write_manifest(fed, self.workdir / "split")
+        for node, client in zip(self.nodes, fed.clients, strict=True):
+            shutil.rmtree(node.images, ignore_errors=True)
+            for rec in client.train + client.test:
+                dest = node.images / rec.image_id.split("/", 1)[1]  # <class folder>/<file>
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if copy:
+                    shutil.copy2(rec.path, dest)
+                else:
+                    dest.symlink_to(Path(rec.path).resolve())
+            self.data_roots[node.index] = node.images
+        local = {
+            **flat,
+            "data.partitioner": "local",
+            "data.class-names": ",".join(fed.class_names),
+            "data.root": "",
+        }
+        out = self.workdir / "run-config.local.toml"
+        out.write_text(toml_dump(local))
+        return out
+
     def up(self) -> None:
         self.prepare()
         self.start_superlink()
@@ -430,19 +497,44 @@ class LocalDeployment:
         return self.flwr(*args, *extra, timeout=timeout)
 
 
+def toml_dump(flat: Mapping[str, object]) -> str:
+    """A flat run config (scalars only) as TOML, the format ``flwr run --run-config`` reads."""
+    lines = []
+    for key, value in flat.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))
+        lines.append(f"{json.dumps(key)} = {text}")
+    return "\n".join(lines) + "\n"
+
+
 # -- CLI --------------------------------------------------------------------------------------
 def _cmd_up(ns: argparse.Namespace) -> int:
     dep = LocalDeployment(
         Path(ns.workdir).resolve(), ns.nodes, tls=not ns.insecure, auth=not ns.no_auth
     )
+    if ns.split_folders and not ns.run_config:
+        print("--split-folders needs --run-config (its data.* keys say what to split)")
+        return 2
     try:
-        dep.up()
+        dep.prepare()
+        if ns.split_folders:
+            ns.run_config = str(dep.split_folders(Path(ns.run_config), copy=ns.copy_images))
+            print(f"per-node image folders written; run config for them: {ns.run_config}")
+        dep.start_superlink()
+        dep.start_supernodes()
         print(
             f"SuperLink at {dep.address} (TLS {'on' if dep.tls else 'off'}, "
             f"node auth {'on' if dep.auth else 'off'}); logs in {dep.logs}"
         )
         for node in dep.nodes:
-            print(f"  SuperNode {node.index}: {node.dir} (private prompts {node.private_dir})")
+            data = f", images {dep.data_roots[node.index]}" if node.index in dep.data_roots else ""
+            print(
+                f"  SuperNode {node.index}: {node.dir} (private prompts {node.private_dir}{data})"
+            )
         if ns.run_config or not ns.keep:
             t0 = time.monotonic()
             cfg = Path(ns.run_config).resolve() if ns.run_config else None
@@ -477,6 +569,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--insecure", action="store_true", help="no TLS (not for real use)")
     up.add_argument("--no-auth", action="store_true", help="no SuperNode authentication")
     up.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
+    up.add_argument(
+        "--split-folders",
+        action="store_true",
+        help="give each node its own image folder (data-root) and run with partitioner=local",
+    )
+    up.add_argument(
+        "--copy-images", action="store_true", help="with --split-folders: copy, not symlink"
+    )
     certs = sub.add_parser("certs", help="write a CA and a SuperLink server certificate")
     certs.add_argument("--out", required=True)
     certs.add_argument("--san", action="append", default=[], help="extra DNS name or IP")

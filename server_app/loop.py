@@ -23,10 +23,10 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
 )
 
-from server_app.strategy import SharedPromptFedAvg
+from server_app.strategy import SharedPromptFedAvg, expected_examples
 from server_app.transport import content_bytes, from_record, payload_bytes, to_record
 from task.backbone import _resolve_source
-from task.data.federation import write_manifest
+from task.data.federation import write_run_manifest
 from task.federated import (
     AppConfig,
     derive_seed,
@@ -48,10 +48,13 @@ class RoundFailedError(RuntimeError):
 def preflight(cfg: AppConfig) -> None:
     """Checks that need the disk, before anything is written: model directory, data, split.
 
+    With data.partitioner=local the data lives only on the nodes (node config data-root): the
+    server lists nothing, and each node checks its own folder when it first gets a message.
     Raises a clear error (BackboneNotFoundError, DataError, ...) naming the key to fix.
     """
     _resolve_source(cfg.core.model.name)  # a missing local model directory fails here
-    get_federation(cfg.core.data)  # listing, partitioning: e.g. more clients than images
+    if cfg.core.data.partitioner != "local":
+        get_federation(cfg.core.data)  # listing, partitioning: e.g. more clients than images
 
 
 def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,8 +67,8 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
     done = run.last_completed_round()
     if done is None:
-        fed = get_federation(core.data)
-        write_manifest(fed, run.root)
+        local = core.data.partitioner == "local"
+        write_run_manifest(core.data, None if local else get_federation(core.data), run.root)
         shared = initial_shared(core)
         run.save_checkpoint(0, shared)
         done = 0
@@ -80,6 +83,8 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
         fp16_transport=srv.fp16_transport,
         max_norm_ratio=srv.max_norm_ratio,
         num_partitions=core.data.num_clients,
+        max_examples_ratio=srv.max_examples_ratio,
+        **expected_examples(core),
         fraction_train=srv.fraction_train,
         fraction_evaluate=srv.fraction_evaluate,
         min_train_nodes=srv.min_replies,

@@ -7,6 +7,15 @@ non-finite value; a reply carrying a private tensor is rejected outright. Among 
 pass, a training update whose L2 distance from the prompt sent this round exceeds
 ``max_norm_ratio`` x the round's (lower) median distance is rejected too (an absurd norm), as is a
 second reply claiming a partition already seen this round or a partition id out of range.
+
+Example counts weight the average, so a client could inflate its ``num-examples`` to dominate it:
+a claim above what the server knows the partition holds (``expected_*_examples``, from the
+federation when the server can list it) is rejected; where the server cannot know (``local``
+partitions), a claim above ``max_examples_ratio`` x the round's (lower) median claim is rejected.
+
+An error reply that the SuperLink made up for a node that never answered (node offline: missed
+heartbeats, reply expired) is logged here but not counted: the round loop counts that node as
+"no reply", once.
 """
 
 from __future__ import annotations
@@ -19,14 +28,21 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from server_app.transport import ARRAYS, METRICS, content_bytes, from_record
-from task.federated import check_shared, weighted_average, weighted_mean
+from task.federated import check_shared, get_federation, weighted_average, weighted_mean
 
 log = logging.getLogger(__name__)
 NUM_EXAMPLES = "num-examples"
+# Errors the SuperLink itself returns (src node = the SuperLink) when no reply can come.
+_LINK_ERRORS = (
+    ErrorCode.MESSAGE_UNAVAILABLE,
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+    ErrorCode.NODE_UNAVAILABLE,
+)
 
 
 @dataclass
@@ -50,6 +66,9 @@ class SharedPromptFedAvg(FedAvg):
         fp16_transport: bool = False,
         max_norm_ratio: float = 0.0,
         num_partitions: int | None = None,
+        max_examples_ratio: float = 0.0,
+        expected_train_examples: Mapping[int, int] | None = None,
+        expected_eval_examples: Mapping[int, int] | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
@@ -57,6 +76,13 @@ class SharedPromptFedAvg(FedAvg):
         self.wire_dtype = torch.float16 if fp16_transport else torch.float32
         self.max_norm_ratio = float(max_norm_ratio)
         self.num_partitions = num_partitions
+        self.max_examples_ratio = float(max_examples_ratio)
+        # Largest honest num-examples per partition, when the server knows the partitioning.
+        self.expected = {
+            True: dict(expected_train_examples or {}),
+            False: dict(expected_eval_examples or {}),
+        }
+        self.configured: list[Message] = []  # this phase's messages (ids set once pushed)
         self.sent: dict[str, torch.Tensor] = {}  # the shared prompt sent in this round (fp32)
         self.train_report = RoundReport()
         self.eval_report = RoundReport()
@@ -68,12 +94,15 @@ class SharedPromptFedAvg(FedAvg):
         """As FedAvg, but the record never holds anything besides the shared keys."""
         arrays = self._only_shared(arrays)
         self.sent = {k: v.float() for k, v in from_record(arrays).items()}
-        return super().configure_train(server_round, arrays, config, grid)
+        self.configured = list(super().configure_train(server_round, arrays, config, grid))
+        return self.configured
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return super().configure_evaluate(server_round, self._only_shared(arrays), config, grid)
+        arrays = self._only_shared(arrays)
+        self.configured = list(super().configure_evaluate(server_round, arrays, config, grid))
+        return self.configured
 
     def _only_shared(self, arrays: ArrayRecord) -> ArrayRecord:
         extra = set(arrays) - set(self.shared_shapes)
@@ -98,6 +127,12 @@ class SharedPromptFedAvg(FedAvg):
             return None, f"partition-id must be an int >= 0, got {pid!r}"
         if self.num_partitions is not None and pid >= self.num_partitions:
             return None, f"partition-id {pid} out of range (federation of {self.num_partitions})"
+        expected = self.expected[train].get(pid)
+        if expected is not None and n > expected:
+            return None, (
+                f"{NUM_EXAMPLES} {n:g} > {expected} that partition {pid} can hold "
+                f"({'epochs x its train split' if train else 'its test split'})"
+            )
         all_keys = {k for rec in content.array_records.values() for k in rec}
         if any("private" in k for k in all_keys):
             return None, f"carries private tensor(s) {sorted(all_keys)}: rejected"
@@ -126,6 +161,8 @@ class SharedPromptFedAvg(FedAvg):
         seen: set[int] = set()
         for msg in replies:
             node = msg.metadata.src_node_id
+            if self._from_link(msg):
+                continue
             report.bytes_from[node] = content_bytes(msg)
             if msg.has_content():
                 for rec in msg.content.array_records.values():
@@ -150,6 +187,28 @@ class SharedPromptFedAvg(FedAvg):
         kept.sort(key=lambda item: (item[2].get("partition-id", -1), item[0].metadata.src_node_id))
         return kept, report
 
+    def _from_link(self, msg: Message) -> bool:
+        """An error the SuperLink returned in place of a node's reply (the node never answered:
+        offline after missed heartbeats, or its reply expired). Logged; the round loop counts
+        the node as missing, so it is not counted here (that would count it twice)."""
+        if not (
+            msg.has_error()
+            and msg.metadata.src_node_id == SUPERLINK_NODE_ID
+            and msg.error.code in _LINK_ERRORS
+        ):
+            return False
+        reply_to = msg.metadata.reply_to_message_id
+        dst = next(
+            (m.metadata.dst_node_id for m in self.configured if m.metadata.message_id == reply_to),
+            None,
+        )
+        log.warning(
+            "round reply from node %s failed: the SuperLink answered for it: %s",
+            "?" if dst is None else dst,
+            msg.error.reason,
+        )
+        return True
+
     @staticmethod
     def _reject(report: RoundReport, msg: Message, reason: str) -> None:
         pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
@@ -163,6 +222,33 @@ class SharedPromptFedAvg(FedAvg):
         kept, report = self._screen(replies, train)
         ids = {id(msg) for msg, _, _ in kept}
         return [m for m in replies if id(m) in ids], report
+
+    def _claim_outliers(self, kept: list, train: bool) -> tuple[list, list[tuple[Message, str]]]:
+        """Split off replies whose example count is absurd for this round: above
+        ``max_examples_ratio`` x the (lower) median claim, for partitions whose size the server
+        does not know (a known size was already checked exactly in validate_reply)."""
+        if self.max_examples_ratio <= 0 or len(kept) < 2:
+            return kept, []
+        claims = [float(m[NUM_EXAMPLES]) for _, _, m in kept]
+        median = float(torch.tensor(claims, dtype=torch.float64).median())  # lower median
+        bound = self.max_examples_ratio * median
+        good, bad = [], []
+        for item, n in zip(kept, claims, strict=True):
+            if n > bound and item[2]["partition-id"] not in self.expected[train]:
+                reason = (
+                    f"{NUM_EXAMPLES} {n:g} > server.max-examples-ratio "
+                    f"{self.max_examples_ratio:g} x round median {median:g}"
+                )
+                bad.append((item[0], reason))
+            else:
+                good.append(item)
+        return good, bad
+
+    def _drop(self, report: RoundReport, outliers: list[tuple[Message, str]]) -> None:
+        for msg, reason in outliers:
+            log.warning("round reply from node %d rejected: %s", msg.metadata.src_node_id, reason)
+            self._reject(report, msg, reason)
+            report.ok -= 1
 
     def _norm_outliers(self, kept: list) -> tuple[list, list[tuple[Message, str]]]:
         """Split off updates whose distance from the sent prompt is absurd for this round."""
@@ -196,11 +282,10 @@ class SharedPromptFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Example-weighted average of the valid replies' shared tensors (fp32)."""
         kept, report = self._screen(replies, train=True)
+        kept, inflated = self._claim_outliers(kept, train=True)
+        self._drop(report, inflated)
         kept, outliers = self._norm_outliers(kept)
-        for msg, reason in outliers:
-            log.warning("round reply from node %d rejected: %s", msg.metadata.src_node_id, reason)
-            self._reject(report, msg, reason)
-            report.ok -= 1
+        self._drop(report, outliers)
         self.train_report = report
         if not kept:
             return None, None
@@ -210,6 +295,7 @@ class SharedPromptFedAvg(FedAvg):
                 "node": msg.metadata.src_node_id,
                 "num_train": int(m[NUM_EXAMPLES]),
                 "train_loss": float(m.get("train-loss", float("nan"))),
+                **_timings(m, "train"),
             }
         states = [(t, m[NUM_EXAMPLES]) for _, t, m in kept]
         averaged = weighted_average(states) if self.shared_shapes else {}
@@ -222,6 +308,8 @@ class SharedPromptFedAvg(FedAvg):
     ) -> MetricRecord | None:
         """Test-size-weighted personalised and shared-only accuracy, plus per-client values."""
         kept, report = self._screen(replies, train=False)
+        kept, inflated = self._claim_outliers(kept, train=False)
+        self._drop(report, inflated)
         self.eval_report = report
         if not kept:
             return None
@@ -235,11 +323,36 @@ class SharedPromptFedAvg(FedAvg):
                 "num_test": int(m[NUM_EXAMPLES]),
                 "personalised_accuracy": float(m.get("personalised-accuracy", float("nan"))),
                 "global_accuracy": float(m.get("global-accuracy", float("nan"))),
+                **_timings(m, "eval"),
             }
         return MetricRecord(out)
+
+
+def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
+    """A reply's ``time-*`` seconds as ``<phase>_<name>_s`` (bench.simulation splits rounds)."""
+    return {
+        f"{phase}_{k[5:]}_s": float(v)
+        for k, v in metrics.items()
+        if k.startswith("time-") and isinstance(v, int | float) and math.isfinite(v)
+    }
 
 
 def _no_examples(metrics: Mapping[str, Any], key: str, value: Any) -> bool:
     """NaN is the honest accuracy of a model evaluated on nothing (e.g. ``local``'s global one)."""
     count = metrics.get(key.replace("accuracy", "num-examples"))
     return isinstance(value, float) and math.isnan(value) and count == 0
+
+
+def expected_examples(core: Any) -> dict[str, dict[int, int]]:
+    """``expected_train_examples`` / ``expected_eval_examples`` for SharedPromptFedAvg: the most
+    examples each partition can honestly report (train: max(1, epochs) x its train split, as
+    task.train counts them; evaluate: its test split), when the server can list the federation
+    (every partitioner but ``local``, whose images live only on the nodes). Empty otherwise."""
+    if core.data.partitioner == "local":
+        return {}
+    fed = get_federation(core.data)
+    epochs = max(1, int(core.train.epochs))
+    return {
+        "expected_train_examples": {c.client_id: epochs * len(c.train) for c in fed.clients},
+        "expected_eval_examples": {c.client_id: len(c.test) for c in fed.clients},
+    }

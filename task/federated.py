@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 from task.backbone import Backbone, load_backbone
 from task.config import ConfigError, ModelConfig, RunConfig, parse_run_config, to_flat
 from task.data.config import DataConfig
-from task.data.federation import Federation, build_federation
+from task.data.federation import Federation, build_federation, build_local_federation
 from task.features import FeatureCache, FeatureSet
 from task.methods import Method, build_learner, get_method
 from task.private_store import PrivateStore
@@ -54,6 +55,7 @@ class ServerConfig:
     timeout: float = 3600.0  # seconds to wait for replies each round
     min_replies: int = 1  # valid training replies a round needs, else it fails (not saved)
     max_norm_ratio: float = 10.0  # reject updates with norm > ratio x round median; 0 = off
+    max_examples_ratio: float = 10.0  # reject num-examples > ratio x round median; 0 = off
     dp: str = "off"  # off | server | client: Flower's DP fixed-clipping on the shared prompt
     dp_clipping_norm: float = 1.0  # C: L2 bound of each client's shared-prompt update
     dp_noise_multiplier: float = 1.0  # z: Gaussian noise std = z * C / clients sampled
@@ -94,6 +96,15 @@ class ServerConfig:
             raise ConfigError(
                 f"server.max-norm-ratio must be 0 (off) or >= 1 (a bound above the median), "
                 f"got {self.max_norm_ratio}"
+            )
+        if not (math.isfinite(self.max_examples_ratio) and self.max_examples_ratio >= 0):
+            raise ConfigError(
+                f"server.max-examples-ratio must be >= 0 (0 = off), got {self.max_examples_ratio}"
+            )
+        if 0 < self.max_examples_ratio < 1:
+            raise ConfigError(
+                f"server.max-examples-ratio must be 0 (off) or >= 1 (a bound above the median), "
+                f"got {self.max_examples_ratio}"
             )
         if self.dp not in DP_MODES:
             raise ConfigError(f"server.dp must be one of {list(DP_MODES)}, got {self.dp!r}")
@@ -179,7 +190,14 @@ def parse_app_config(flat: Mapping[str, Any]) -> AppConfig:
         setattr(obj, attr, _coerce(key, value, hints[attr]))
     for obj in sections.values():
         obj.validate()
-    return AppConfig(parse_run_config(core_keys), **sections)
+    cfg = AppConfig(parse_run_config(core_keys), **sections)
+    if cfg.core.data.partitioner == "local" and cfg.server.global_eval == "server":
+        raise ConfigError(
+            "server.global-eval='server' scores the shared prompt on the union of the clients' "
+            "test images, but with data.partitioner=local the server sees no images. Fix: use "
+            "server.global-eval='client' (the same accuracy, from the clients' replies) or 'none'"
+        )
+    return cfg
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -216,10 +234,29 @@ def get_backbone(cfg: ModelConfig) -> Backbone:
 
 
 def get_federation(cfg: DataConfig) -> Federation:
+    if cfg.partitioner == "local":
+        raise ConfigError(
+            "data.partitioner=local has no federation-wide listing (each node reads its own "
+            "node config data-root); this code path needs the data. Fix: use another "
+            "data.partitioner with data.root, or run this on a node"
+        )
     key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
     if key not in _FEDERATIONS:
         _FEDERATIONS[key] = build_federation(cfg)
     return _FEDERATIONS[key]
+
+
+def get_local_federation(cfg: DataConfig, root: str, partition_id: int) -> Federation:
+    """One node's own client (data.partitioner=local), cached like get_federation."""
+    key = json.dumps([dataclasses.asdict(cfg), root, partition_id], sort_keys=True)
+    if key not in _FEDERATIONS:
+        _FEDERATIONS[key] = build_local_federation(cfg, root, partition_id)
+    return _FEDERATIONS[key]
+
+
+def run_class_names(cfg: DataConfig) -> list[str]:
+    """The label space: data.class-names when given (no data read: local mode), else listed."""
+    return cfg.class_name_list() or get_federation(cfg).class_names
 
 
 def derive_seed(seed: int, server_round: int, partition_id: int, purpose: str = "train") -> int:
@@ -240,7 +277,7 @@ def initial_shared(cfg: RunConfig) -> dict[str, torch.Tensor]:
     if not method.shared_keys:
         return {}
     backbone = get_backbone(cfg.model)
-    classes = get_federation(cfg.data).class_names
+    classes = run_class_names(cfg.data)
     learner = PromptLearner(
         backbone, classes, cfg.prompt, with_shared=True, with_private=False, seed=cfg.train.seed
     )
@@ -342,25 +379,34 @@ class FederatedClient:
         store: PrivateStore,
         progress: bool = False,
         on_corrupt: str = "error",
+        data_root: str = "",
     ) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
         self.store = store
         self.progress = progress
         self.method = get_method(cfg.method.name)
+        if cfg.data.partitioner == "local":
+            if not data_root:
+                raise ConfigError(
+                    "data.partitioner=local but this node has no data-root. Fix: start the "
+                    'SuperNode with --node-config "partition-id=N data-root=/path/to/images" '
+                    "(its own <root>/<class>/<image> folder)"
+                )
+            self.fed = get_local_federation(cfg.data, data_root, partition_id)
+        else:
+            self.fed = get_federation(cfg.data)
+        self.data = self.fed.client(partition_id)
         self.backbone = get_backbone(cfg.model)
-        self.fed = get_federation(cfg.data)
-        if not 0 <= partition_id < len(self.fed.clients):
-            raise ValueError(
-                f"partition-id {partition_id} but the federation has {len(self.fed.clients)} "
-                "clients. Fix: set data.num-clients to the number of SuperNodes"
-            )
-        self.data = self.fed.clients[partition_id]
         self.cache = FeatureCache(cfg.cache.dir, on_corrupt=on_corrupt)
+        self.feature_seconds = 0.0  # time in features(): cache load or extraction
 
     def features(self, split: str) -> FeatureSet:
+        """This client's cached image features (extracted on first use); the time it took is
+        added to ``feature_seconds`` so replies can split a round's cost (bench.simulation)."""
         records = self.data.train if split == "train" else self.data.test
-        return self.cache.load_or_extract(
+        t0 = time.perf_counter()
+        feats = self.cache.load_or_extract(
             self.backbone,
             records,
             self.method.needs_patches(self.cfg.loss),
@@ -368,6 +414,8 @@ class FederatedClient:
             progress=self.progress,
             desc=f"client {self.partition_id} {split} features",
         )
+        self.feature_seconds += time.perf_counter() - t0
+        return feats
 
     def learner(
         self, shared: Mapping[str, torch.Tensor], max_private_round: int

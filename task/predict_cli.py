@@ -132,7 +132,7 @@ def _class_names(root: Path, cfg: Any) -> list[str]:
 
     log.info("no partition.json in the run; rebuilding class names from data.* settings")
     try:
-        return list(build_federation(cfg.data).class_names)
+        return cfg.data.class_name_list() or list(build_federation(cfg.data).class_names)
     except Exception as err:  # any data problem: say what the run lacks
         raise RunLoadError(
             f"the run has no partition.json and its data could not be loaded to recover the "

@@ -48,15 +48,20 @@ def make_tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
-def save_tiny_clip(path: Path, seed: int = 0, image_size: int = 32) -> Path:
-    """A random CLIP with CLIP's structure at toy width, saved like a hub model."""
+def save_tiny_clip(
+    path: Path, seed: int = 0, image_size: int = 32, text_width: int = 32, text_layers: int = 2
+) -> Path:
+    """A random CLIP with CLIP's structure at toy width, saved like a hub model.
+
+    ``text_width`` sets the prompt-vector width (512 for ViT-B/16's, in bench.message_bytes).
+    """
     tok = make_tiny_tokenizer()
     config = CLIPConfig(
         text_config={
             "vocab_size": len(tok),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "hidden_size": text_width,
+            "intermediate_size": 2 * text_width,
+            "num_hidden_layers": text_layers,
             "num_attention_heads": 2,
             "max_position_embeddings": 77,
             "bos_token_id": tok.bos_token_id,

@@ -6,9 +6,12 @@ from task.data.federation import (
     ClientData,
     Federation,
     build_federation,
+    build_local_federation,
     federate,
+    local_manifest_dict,
     manifest_dict,
     write_manifest,
+    write_run_manifest,
 )
 from task.data.records import CorruptImageError, ImageRecord, load_rgb, validate_images
 
@@ -20,9 +23,12 @@ __all__ = [
     "Federation",
     "ImageRecord",
     "build_federation",
+    "build_local_federation",
     "federate",
+    "local_manifest_dict",
     "load_rgb",
     "manifest_dict",
     "validate_images",
     "write_manifest",
+    "write_run_manifest",
 ]

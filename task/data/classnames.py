@@ -193,3 +193,46 @@ def harmonize(name: str, extra_aliases: dict[str, str] | None = None) -> str:
             break
         seen.add(name)
     return name
+
+
+def class_key(name: str) -> str:
+    """Spelling-free identity of a humanised class name: "golf course" == "golfcourse".
+
+    Folder names and `data.class-names` entries are both humanised and then compared on this
+    key, so a glued compound the vocabulary cannot split still matches its spaced form.
+    """
+    return name.replace(" ", "").lower()
+
+
+def match_folders(folders: list[str], class_names: list[str], dataset: str) -> dict[str, int]:
+    """Map each class folder to its index in `class_names` (humanised names, e.g. from
+    DataConfig.class_name_list). A folder matches when its humanised name (dataset table first,
+    then the generic rule) has the same class_key as an entry; unknown folders are a DataError
+    naming them and the list, so a node can never invent a label the others lack.
+    """
+    from task.data.errors import DataError
+
+    index = {class_key(n): i for i, n in enumerate(class_names)}
+    out: dict[str, int] = {}
+    unknown: list[str] = []
+    for folder in folders:
+        keys = (class_key(humanize(folder, dataset)), class_key(humanize_generic(folder)))
+        hit = next((index[k] for k in keys if k in index), None)
+        if hit is None:
+            unknown.append(folder)
+        else:
+            out[folder] = hit
+    if unknown:
+        raise DataError(
+            f"class folder(s) {unknown} match no entry of data.class-names {class_names}. Fix: "
+            "rename the folder(s) to one of those classes, remove them, or (coordinator) add "
+            "the class to data.class-names for every node"
+        )
+    clash = sorted({i for i in out.values() if list(out.values()).count(i) > 1})
+    if clash:
+        dup = [[f for f, i in out.items() if i == c] for c in clash]
+        raise DataError(
+            f"class folders {dup} all map to the same class; merge or rename them"
+            " (Fix: one folder per class)"
+        )
+    return out

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PARTITIONERS = ("even", "quantity-skew", "dirichlet", "pathological")
+PARTITIONERS = ("even", "quantity-skew", "dirichlet", "pathological", "local")
+HOLDOUTS = ("test", "val")
 CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")
 VERIFY_MODES = ("none", "open", "decode")
 
@@ -26,12 +27,15 @@ class DataConfig:
     hub_id: str = ""  # override the registry's hub dataset id
     cache_dir: str = ".cache/datasets"  # where hub datasets are written out as image files
     num_clients: int = 10
-    partitioner: str = "even"  # even | quantity-skew | dirichlet | pathological
+    partitioner: str = "even"  # even | quantity-skew | dirichlet | pathological | local
     alpha: float = 0.5  # Dirichlet concentration (dirichlet: labels, quantity-skew: sizes)
     classes_per_client: int = 2  # pathological
     class_assignment: str = "first-deterministic"  # pathological: flwr-datasets mode
     min_client_size: int = 2  # dirichlet / quantity-skew: fewest images a client may get
     test_fraction: float = 0.2  # per-client stratified held-out share
+    val_fraction: float = 0.0  # share of each client's train split held out as val; 0 = none
+    holdout: str = "test"  # test | val: the split clients evaluate on (val: for tuning)
+    class_names: str = ""  # label space, "beach,dense residential,..." (required for local)
     seed: int = 0
     skip_corrupt: bool = False  # corrupt images: skip and count (True) or raise (False)
     verify: str = "open"  # none | open (header, fast) | decode (full decode, slow)
@@ -52,7 +56,8 @@ class DataConfig:
                 f"unknown dataset {self.dataset!r}",
                 f"use one of {sorted(REGISTRY)} (imagefolder needs data.root)",
             )
-        if self.dataset == "imagefolder" and not self.root and not self.cross:
+        local = self.partitioner == "local"
+        if self.dataset == "imagefolder" and not self.root and not self.cross and not local:
             raise _err("root", "dataset 'imagefolder' needs a local folder", "set data.root")
         if self.num_clients < 1:
             raise _err("num-clients", f"must be >= 1, got {self.num_clients}", "use 10, 20 or 40")
@@ -82,6 +87,27 @@ class DataConfig:
             raise _err(
                 "test-fraction", f"must be in (0, 1), got {self.test_fraction}", "use e.g. 0.2"
             )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise _err(
+                "val-fraction", f"must be in [0, 1), got {self.val_fraction}", "use 0 or e.g. 0.2"
+            )
+        if self.holdout not in HOLDOUTS:
+            raise _err("holdout", f"unknown split {self.holdout!r}", f"use {HOLDOUTS}")
+        if self.holdout == "val" and self.val_fraction == 0.0:
+            raise _err(
+                "holdout",
+                "'val' needs a validation split but data.val-fraction is 0",
+                "set data.val-fraction > 0 (e.g. 0.2) or data.holdout=test",
+            )
+        names = self.class_name_list()  # checks the entries even when not required
+        if local:
+            self._validate_local(names)
+        elif names and self.cross:
+            raise _err(
+                "class-names",
+                "cannot be combined with data.cross (its label space is the harmonised union)",
+                "leave data.class-names empty for cross-dataset federations",
+            )
         if self.verify not in VERIFY_MODES:
             raise _err("verify", f"unknown mode {self.verify!r}", f"use {VERIFY_MODES}")
         if self.cross:
@@ -102,6 +128,43 @@ class DataConfig:
                         f"use only {names}",
                     )
             self.cross_alias_map()
+
+    def _validate_local(self, names: list[str]) -> None:
+        """partitioner=local: each node reads its own folder, so the run config names no data."""
+        if not names:
+            raise _err(
+                "class-names",
+                "is required with data.partitioner=local (nodes and server never see each "
+                "other's folders, so the label space must come from the run config)",
+                "set data.class-names to every class, comma-separated, e.g. "
+                "'beach,dense residential,forest'",
+            )
+        if self.root or self.cross:
+            raise _err(
+                "root" if self.root else "cross",
+                "is set, but with data.partitioner=local every node reads the folder in its "
+                "node config (data-root) and the server reads no data",
+                "leave data.root and data.cross empty; start each SuperNode with "
+                '--node-config "data-root=/path/to/its/images ..."',
+            )
+
+    def class_name_list(self) -> list[str]:
+        """`class_names` as prompt words (label i = entry i), normalised like folder names."""
+        from task.data.classnames import class_key, humanize
+
+        entries = [p.strip() for p in self.class_names.split(",")]
+        if entries == [""]:
+            return []
+        if "" in entries:
+            raise _err(
+                "class-names", f"has an empty entry in {self.class_names!r}", "remove extra commas"
+            )
+        names = [humanize(e, self.dataset) for e in entries]
+        keys = [class_key(n) for n in names]
+        dupes = sorted({e for e, k in zip(entries, keys, strict=True) if keys.count(k) > 1})
+        if dupes:
+            raise _err("class-names", f"names the same class twice: {dupes}", "list it once")
+        return names
 
     def cross_groups(self) -> list[tuple[str, int]]:
         """Parse `cross` into [(dataset, n_clients), ...] in the given order."""

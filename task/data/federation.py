@@ -2,7 +2,9 @@
 write its manifest + heatmap so a user can see the split.
 
 build_federation does every check (paths, empty folders, image headers, client sizes) before
-returning, so problems surface before any training starts.
+returning, so problems surface before any training starts. With ``data.partitioner=local`` there
+is no shared listing: build_local_federation builds one node's client from its own folder, and
+the server only writes a config manifest (local_manifest_dict); it never lists any images.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from task.data.classnames import harmonize
+from task.data.classnames import harmonize, match_folders
 from task.data.config import DataConfig
 from task.data.errors import DataError
-from task.data.partition import partition_indices, stratified_split
+from task.data.partition import PARTITION_HINTS, partition_indices, stratified_split
 from task.data.records import ImageRecord, class_histogram, validate_images
-from task.data.sources import Listing, load_listing
+from task.data.sources import Listing, load_listing, scan_image_folder
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,20 @@ HEATMAP_NAME = "partition_heatmap.png"
 
 @dataclass
 class ClientData:
-    """One client's own images: train for local training, test for personalised accuracy."""
+    """One client's own images: train for local training, test for the accuracy it reports.
+
+    With ``data.holdout=val`` ``test`` holds the validation images (so every evaluation path
+    scores them unchanged) and the real test split is only counted (``withheld``), never loaded.
+    With ``holdout=test`` and ``val-fraction > 0``, ``val`` lists the held-out train images so a
+    tuned run and its final run train on exactly the same images.
+    """
 
     client_id: int
     train: list[ImageRecord]
     test: list[ImageRecord]
     source: str = ""  # dataset the client's images come from
+    val: list[ImageRecord] = field(default_factory=list)  # held out of train, not evaluated
+    withheld: int = 0  # test images set aside unseen (holdout=val)
 
 
 @dataclass
@@ -53,12 +63,26 @@ class Federation:
         """Union of the clients' test splits (disjoint), in client order."""
         return [rec for c in self.clients for rec in c.test]
 
+    def client(self, partition_id: int) -> ClientData:
+        """The client with this id (a local federation holds only its own node's client)."""
+        for c in self.clients:
+            if c.client_id == partition_id:
+                return c
+        raise ValueError(
+            f"partition-id {partition_id} but the federation has clients "
+            f"{[c.client_id for c in self.clients]}. Fix: set data.num-clients to the number of "
+            "SuperNodes and give each a distinct partition-id below it"
+        )
+
     def fingerprint(self) -> str:
         """sha256 of the assignment (ids, labels, sides): equal iff the partition is equal."""
         h = hashlib.sha256()
         h.update(json.dumps(self.class_names).encode())
         for c in self.clients:
-            for side, recs in (("train", c.train), ("test", c.test)):
+            sides = [("train", c.train), ("test", c.test)]
+            if c.val or c.withheld:  # absent without a val split: old fingerprints still hold
+                sides += [("val", c.val), (f"withheld={c.withheld}", [])]
+            for side, recs in sides:
                 h.update(f"|{c.client_id}:{side}".encode())
                 for r in recs:
                     h.update(f"{r.image_id}\t{r.label}\n".encode())
@@ -68,6 +92,11 @@ class Federation:
 def build_federation(cfg: DataConfig) -> Federation:
     """Load, check and split the configured data; deterministic for a given cfg and files."""
     cfg.validate()
+    if cfg.partitioner == "local":
+        raise DataError(
+            "data.partitioner=local has no shared dataset to list: each node reads its own "
+            "folder (build_local_federation). Fix: use another data.partitioner with data.root"
+        )
     if cfg.cross:
         roots = cfg.cross_root_map()
         groups = [
@@ -98,24 +127,29 @@ def federate(groups: list[tuple[Listing, int]], cfg: DataConfig) -> Federation:
     """
     cross = len(groups) > 1 or bool(cfg.cross)
     aliases = cfg.cross_alias_map()
+    given = cfg.class_name_list()
     if cross:
         unified = sorted({harmonize(n, aliases) for lst, _ in groups for n in lst.class_names})
     else:
-        unified = list(groups[0][0].class_names)
+        unified = given or list(groups[0][0].class_names)
     index = {name: i for i, name in enumerate(unified)}
     label_map: dict[str, dict[str, str]] = {}
     clients: list[ClientData] = []
     for g, (listing, k) in enumerate(groups):
-        names = [harmonize(n, aliases) if cross else n for n in listing.class_names]
-        label_map[listing.dataset] = dict(zip(listing.folders, names, strict=True))
-        remap = [index[n] for n in names]
-        records = [dataclasses.replace(r, label=remap[r.label]) for r in listing.records]
+        if given and not cross:
+            records, label_map[listing.dataset] = _relabel(listing, given)
+        else:
+            names = [harmonize(n, aliases) if cross else n for n in listing.class_names]
+            label_map[listing.dataset] = dict(zip(listing.folders, names, strict=True))
+            remap = [index[n] for n in names]
+            records = [dataclasses.replace(r, label=remap[r.label]) for r in listing.records]
         labels = [r.label for r in records]
-        if len(records) < 2 * k:
+        need = min_images(cfg)
+        if len(records) < need * k:
             raise DataError(
                 f"{listing.dataset}: {len(records)} images for {k} clients; each client needs "
-                f">= 1 train and >= 1 test image. Fix: lower data.num-clients (or the count in "
-                "data.cross) or add images"
+                f">= {need} images ({_SIDES[need]}). Fix: lower data.num-clients (or the count "
+                f"in data.cross){', set data.val-fraction=0' if need > 2 else ''} or add images"
             )
         seed = cfg.seed + g
         parts = partition_indices(
@@ -130,21 +164,132 @@ def federate(groups: list[tuple[Listing, int]], cfg: DataConfig) -> Federation:
         )
         for local_id, idx in enumerate(parts):
             cid = len(clients)
-            if len(idx) < 2:
+            if len(idx) < need:
                 raise DataError(
                     f"client {cid} ({listing.dataset}) gets {len(idx)} image(s) from the "
-                    f"{cfg.partitioner!r} partitioner; each client needs >= 1 train and >= 1 "
-                    "test image. Fix: lower data.num-clients, raise data.alpha, or use "
-                    "data.partitioner=even"
+                    f"{cfg.partitioner!r} partitioner; each client needs >= {need} "
+                    f"({_SIDES[need]}). Fix: {PARTITION_HINTS[cfg.partitioner]}"
                 )
-            train, test = stratified_split(idx, labels, cfg.test_fraction, (seed, local_id))
-            clients.append(
-                ClientData(
-                    cid, [records[i] for i in train], [records[i] for i in test], listing.dataset
-                )
-            )
+            clients.append(split_client(cid, idx, records, cfg, (seed, local_id), listing.dataset))
     name = "+".join(lst.dataset for lst, _ in groups)
     return Federation(name, unified, clients, label_map, dataclasses.asdict(cfg))
+
+
+_SIDES = {2: "1 train + 1 test", 3: "1 train + 1 val + 1 test (data.val-fraction > 0)"}
+
+
+def min_images(cfg: DataConfig) -> int:
+    """Fewest images a client can be split into non-empty sides: train, test (and val)."""
+    return 3 if cfg.val_fraction > 0 else 2
+
+
+def split_client(
+    cid: int,
+    idx: list[int],
+    records: list[ImageRecord],
+    cfg: DataConfig,
+    seed: tuple[int, ...],
+    source: str,
+) -> ClientData:
+    """Stratified train/test split of one client's images, then train -> train' + val.
+
+    The val split is drawn from train after the test split, so the test split (and, for
+    holdout=test, the val split) are the same whatever data.holdout says.
+    """
+    labels = [r.label for r in records]
+    train, test = stratified_split(idx, labels, cfg.test_fraction, seed)
+    val: list[int] = []
+    if cfg.val_fraction > 0:
+        train, val = stratified_split(train, labels, cfg.val_fraction, (*seed, 1))
+
+    def recs(ids: list[int]) -> list[ImageRecord]:
+        return [records[i] for i in ids]
+
+    if cfg.holdout == "val":
+        return ClientData(cid, recs(train), recs(val), source, withheld=len(test))
+    return ClientData(cid, recs(train), recs(test), source, val=recs(val))
+
+
+def _relabel(listing: Listing, class_names: list[str]) -> tuple[list[ImageRecord], dict]:
+    """Records labelled by their folder's index in `class_names`, and folder -> class name."""
+    to_index = match_folders(listing.folders, class_names, listing.dataset)
+    remap = [to_index[f] for f in listing.folders]
+    records = [dataclasses.replace(r, label=remap[r.label]) for r in listing.records]
+    return records, {f: class_names[to_index[f]] for f in listing.folders}
+
+
+def build_local_federation(cfg: DataConfig, root: str, partition_id: int) -> Federation:
+    """One node's federation for data.partitioner=local: its own folder is its whole partition.
+
+    Labels come from data.class-names (matched by name, so a node may lack classes: label
+    skew), the split uses data.test-fraction / val-fraction / seed like any client's. No other
+    node's data is listed; the result holds one client, `partition_id`.
+    """
+    cfg.validate()
+    if not 0 <= partition_id < cfg.num_clients:
+        raise DataError(
+            f"partition-id {partition_id} is outside 0..{cfg.num_clients - 1}. Fix: set "
+            "data.num-clients to the number of SuperNodes and give each a distinct partition-id"
+        )
+    listing = scan_image_folder(root, cfg.dataset, local=True)
+    skipped = 0
+    if cfg.verify != "none":
+        listing.records, skipped = validate_images(
+            listing.records, skip_corrupt=cfg.skip_corrupt, decode=cfg.verify == "decode"
+        )
+    class_names = cfg.class_name_list()
+    records, folders = _relabel(listing, class_names)
+    need = min_images(cfg)
+    if len(records) < need:
+        raise DataError(
+            f"the node's folder {listing.root} has {len(records)} usable image(s); it needs >= "
+            f"{need} ({_SIDES[need]}). Fix: point node config data-root at a folder with more "
+            "images, or set data.val-fraction=0"
+        )
+    client = split_client(
+        partition_id, list(range(len(records))), records, cfg, (cfg.seed, partition_id), "local"
+    )
+    return Federation(
+        f"local:{cfg.dataset}",
+        class_names,
+        [client],
+        {listing.dataset: folders},
+        dataclasses.asdict(cfg),
+        skipped,
+    )
+
+
+def local_manifest_dict(cfg: DataConfig) -> dict[str, Any]:
+    """What the server knows of a data.partitioner=local federation: the config, no data."""
+    names = cfg.class_name_list()
+    split = {k: getattr(cfg, k) for k in ("test_fraction", "val_fraction", "holdout", "seed")}
+    digest = json.dumps({"class_names": names, "num_clients": cfg.num_clients, **split})
+    return {
+        "name": f"local:{cfg.dataset}",
+        "partitioner": "local",
+        "fingerprint": hashlib.sha256(digest.encode()).hexdigest(),  # of the config only
+        "num_clients": cfg.num_clients,
+        "class_names": names,
+        "split": split,
+        "data_visible_to_server": False,
+        "note": "each node's partition is its own folder (node config data-root), split on the "
+        "node; the server never listed or read any image, so there are no per-client ids",
+        "label_map": {},
+        "config": dataclasses.asdict(cfg),
+        "skipped_corrupt": None,
+        "clients": [],
+    }
+
+
+def write_run_manifest(cfg: DataConfig, fed: Federation | None, out_dir: Path) -> None:
+    """partition.json (+ heatmap) for a run: the federation's, or local mode's config-only one."""
+    if fed is not None:
+        write_manifest(fed, out_dir)
+        return
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(local_manifest_dict(cfg), indent=1) + "\n"
+    (out_dir / MANIFEST_NAME).write_text(text)
 
 
 def manifest_dict(fed: Federation) -> dict[str, Any]:
@@ -164,6 +309,10 @@ def manifest_dict(fed: Federation) -> dict[str, Any]:
                 "test_ids": [r.image_id for r in c.test],
             }
         )
+        if c.val:
+            clients[-1].update(num_val=len(c.val), val_ids=[r.image_id for r in c.val])
+        if c.withheld:
+            clients[-1]["num_withheld_test"] = c.withheld
     return {
         "name": fed.name,
         "fingerprint": fed.fingerprint(),
@@ -171,6 +320,7 @@ def manifest_dict(fed: Federation) -> dict[str, Any]:
         "class_names": fed.class_names,
         "label_map": fed.label_map,
         "config": fed.config,
+        "evaluated_split": "val" if fed.config.get("holdout") == "val" else "test",
         "skipped_corrupt": fed.skipped_corrupt,
         "clients": clients,
     }

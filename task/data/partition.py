@@ -13,11 +13,21 @@ import numpy as np
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
+    Partitioner,
     PathologicalPartitioner,
     SizePartitioner,
 )
 
 from task.data.errors import DataError
+
+# What to change when a partitioner cannot satisfy its constraints (used in every DataError).
+PARTITION_HINTS: dict[str, str] = {
+    "even": "lower data.num-clients (each client needs >= 2 images) or add images",
+    "quantity-skew": "lower data.num-clients or data.min-client-size, or raise data.alpha",
+    "dirichlet": "raise data.alpha, lower data.num-clients or data.min-client-size",
+    "pathological": "lower data.num-clients or data.classes-per-client, or use "
+    "data.class-assignment=deterministic",
+}
 
 
 def _quantity_skew_sizes(n: int, k: int, alpha: float, min_size: int, seed: int) -> list[int]:
@@ -52,17 +62,66 @@ def partition_indices(
 ) -> list[list[int]]:
     """Indices into `labels` for each client (sorted), using flwr-datasets partitioners."""
     n = len(labels)
+    if num_clients < 1:
+        raise DataError(f"{num_clients} clients. Fix: set data.num-clients >= 1")
     if num_clients > n:
         raise DataError(f"{num_clients} clients but only {n} images. Fix: lower data.num-clients")
+    if min_client_size < 1 and partitioner in ("quantity-skew", "dirichlet"):
+        raise DataError(
+            f"min client size {min_client_size}. Fix: set data.min-client-size >= 2 "
+            "(each client needs >= 1 train and >= 1 test image)"
+        )
+    if partitioner not in PARTITION_HINTS:
+        raise DataError(
+            f"unknown partitioner {partitioner!r}. Fix: use even, quantity-skew, "
+            "dirichlet or pathological"
+        )
     ds = datasets.Dataset.from_dict(
         {"idx": np.arange(n, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64)}
     )
+    try:
+        part = _partitioner(
+            ds,
+            num_clients,
+            partitioner,
+            seed,
+            alpha,
+            min_client_size,
+            classes_per_client,
+            class_assignment,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [
+                sorted(int(i) for i in part.load_partition(c)["idx"]) for c in range(num_clients)
+            ]
+    except DataError:
+        raise
+    except Exception as err:  # flwr-datasets raises ValueError, sometimes others: same fix
+        raise DataError(
+            f"{partitioner} partitioning of {n} images over {num_clients} clients failed "
+            f"({type(err).__name__}: {err}). Fix: {PARTITION_HINTS[partitioner]}"
+        ) from err
+
+
+def _partitioner(
+    ds: datasets.Dataset,
+    num_clients: int,
+    partitioner: str,
+    seed: int,
+    alpha: float,
+    min_client_size: int,
+    classes_per_client: int,
+    class_assignment: str,
+) -> Partitioner:
+    """The configured flwr-datasets partitioner, with its dataset set (constructors validate
+    their arguments and may raise ValueError, so this runs inside the caller's try)."""
     if partitioner == "even":
-        part = IidPartitioner(num_partitions=num_clients)
+        part: Partitioner = IidPartitioner(num_partitions=num_clients)
         # imagefolder order is sorted by class: shuffle before the contiguous IID shards
         part.dataset = ds.shuffle(seed=seed)
     elif partitioner == "quantity-skew":
-        sizes = _quantity_skew_sizes(n, num_clients, alpha, min_client_size, seed)
+        sizes = _quantity_skew_sizes(len(ds), num_clients, alpha, min_client_size, seed)
         part = SizePartitioner(partition_sizes=sizes)
         part.dataset = ds.shuffle(seed=seed)
     elif partitioner == "dirichlet":
@@ -76,7 +135,7 @@ def partition_indices(
             seed=seed,
         )
         part.dataset = ds
-    elif partitioner == "pathological":
+    else:
         part = PathologicalPartitioner(
             num_partitions=num_clients,
             partition_by="label",
@@ -86,25 +145,7 @@ def partition_indices(
             seed=seed,
         )
         part.dataset = ds
-    else:
-        raise DataError(
-            f"unknown partitioner {partitioner!r}. Fix: use even, quantity-skew, "
-            "dirichlet or pathological"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = [
-                sorted(int(i) for i in part.load_partition(c)["idx"]) for c in range(num_clients)
-            ]
-    except ValueError as err:
-        hint = {
-            "dirichlet": "raise data.alpha, lower data.num-clients or data.min-client-size",
-            "pathological": "lower data.num-clients or data.classes-per-client, or use "
-            "data.class-assignment=deterministic",
-        }.get(partitioner, "lower data.num-clients")
-        raise DataError(f"{partitioner} partitioning failed: {err} Fix: {hint}") from err
-    return out
+    return part
 
 
 def stratified_split(
@@ -121,7 +162,10 @@ def stratified_split(
     """
     n = len(indices)
     if n < 2:
-        raise DataError(f"a client has {n} image(s); it needs >= 1 train and >= 1 test image")
+        raise DataError(
+            f"a client has {n} image(s) to split; it needs >= 1 image on each side. Fix: lower "
+            "data.num-clients (or data.val-fraction), or add images"
+        )
     n_test = min(n - 1, max(1, round(n * test_fraction)))
     by_class: dict[int, list[int]] = {}
     for i in sorted(indices):

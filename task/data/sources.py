@@ -52,17 +52,23 @@ def _raise(err: OSError) -> None:
     raise err
 
 
-def scan_image_folder(root: str | os.PathLike[str], dataset: str) -> Listing:
-    """List `<root>/<class>/<image>`; raise DataError for missing/unreadable/empty input."""
+def scan_image_folder(root: str | os.PathLike[str], dataset: str, local: bool = False) -> Listing:
+    """List `<root>/<class>/<image>`; raise DataError for missing/unreadable/empty input.
+
+    local=True is one node's own folder (data.partitioner=local): a node may lack classes, so
+    empty class folders are dropped (not an error) and the class count is not compared with the
+    dataset's; the errors name the node config key data-root instead of data.root.
+    """
+    key = "node config data-root" if local else "data.root (or data.cross-roots)"
     root_path = Path(root).expanduser().resolve()
     if not root_path.exists():
         raise DataError(
-            f"data root {root_path} does not exist. Fix: point data.root (or data.cross-roots) "
-            "at a folder laid out as <root>/<class>/<image>"
+            f"data root {root_path} does not exist. Fix: point {key} at a folder laid out as "
+            "<root>/<class>/<image>"
         )
     if not root_path.is_dir():
         raise DataError(
-            f"data root {root_path} is not a directory. Fix: point data.root at "
+            f"data root {root_path} is not a directory. Fix: point {key} at "
             "the folder that contains one sub-folder per class"
         )
     try:
@@ -75,12 +81,15 @@ def scan_image_folder(root: str | os.PathLike[str], dataset: str) -> Listing:
                 "<root>/<class>/<image> (one folder per class)"
             )
         records: list[ImageRecord] = []
-        empty: list[str] = []
+        files_of = {folder: _list_images(root_path / folder) for folder in class_dirs}
+        empty = [folder for folder in class_dirs if not files_of[folder]]
+        if local and len(empty) < len(class_dirs):
+            if empty:
+                log.info("%s: ignoring empty class folder(s) %s", root_path, empty)
+            class_dirs = [folder for folder in class_dirs if files_of[folder]]
+            empty = []
         for label, folder in enumerate(class_dirs):
-            files = _list_images(root_path / folder)
-            if not files:
-                empty.append(folder)
-            for f in files:
+            for f in files_of[folder]:
                 rel = f.relative_to(root_path).as_posix()
                 records.append(ImageRecord(f"{dataset}/{rel}", str(f), label))
     except PermissionError as err:
@@ -92,7 +101,7 @@ def scan_image_folder(root: str | os.PathLike[str], dataset: str) -> Listing:
         raise DataError(
             f"data root {root_path} contains no images (looked for "
             f"{sorted(IMAGE_EXTENSIONS)} in {len(class_dirs)} class folders). Fix: point "
-            "data.root at the folder whose sub-folders hold the images"
+            f"{key} at the folder whose sub-folders hold the images"
         )
     if empty:
         raise DataError(
@@ -100,7 +109,7 @@ def scan_image_folder(root: str | os.PathLike[str], dataset: str) -> Listing:
             "remove the empty folder(s) so the label space matches the data"
         )
     spec = get_spec(dataset)
-    if spec.num_classes is not None and spec.num_classes != len(class_dirs):
+    if not local and spec.num_classes is not None and spec.num_classes != len(class_dirs):
         log.warning(
             "%s: found %d class folders under %s, expected %d",
             dataset,

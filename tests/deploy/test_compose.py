@@ -1,4 +1,5 @@
-"""docker/compose*.yml: in sync with the generator, valid, one partition and own volumes per node.
+"""docker/compose*.yml: in sync with the generator, valid, one partition, its own image folder
+(node config data-root) and own volumes per node; the server mounts no images.
 
 No Docker engine is needed. Every file combination is validated against the Compose
 Specification's JSON schema (tests/deploy/compose_spec.json, the schema shipped with
@@ -92,6 +93,8 @@ def test_checked_in_files_match_generator_and_env() -> None:
         )
     for i in range(N):
         assert f"NODE_{i}_DATA_ROOT" in ENV and f"NODE_{i}_GPU" in ENV, f"docker/.env: node {i}"
+    roots = [ENV[f"NODE_{i}_DATA_ROOT"] for i in range(N)]
+    assert len(set(roots)) == N, "docker/.env: every node needs its own image folder"
 
 
 @pytest.mark.parametrize("name", ["compose.yml", *OVERLAYS])
@@ -135,9 +138,12 @@ def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: boo
         assert "certs" in svcs
     srv = svcs["superexec-serverapp"]["command"]
     assert _flag(srv, "--runtime-api-address") == "superlink:8000"
+    server_mounts = {t for _, t in map(_split, svcs["superexec-serverapp"]["volumes"])}
+    assert "/data/images" not in server_mounts, "the server must not see any node's images"
     assert ("--root-certificates" in srv) is tls and ("--insecure" in srv) is not tls
 
     node_volumes: list[set[str]] = []
+    image_folders = set()
     partitions = []
     for i in range(n):
         node = svcs[f"supernode-{i}"]["command"]
@@ -149,6 +155,7 @@ def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: boo
         assert int(pairs["num-partitions"]) == n
         assert pairs["private-dir"].strip('"') == "/data/node/private"
         assert pairs["cache-dir"].strip('"') == "/data/node/.cache/features"
+        assert pairs["data-root"].strip('"') == "/data/images"
         assert ("--root-certificates" in node) is tls and ("--insecure" in node) is not tls
         key = _flag(node, "--auth-supernode-private-key")
         assert (key == f"/app/keys/node-{i}") if auth else key is None
@@ -164,6 +171,8 @@ def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: boo
         assert mounts["/data/node/private"] == f"node-{i}-private"
         assert mounts["/data/node/.cache/features"] == f"node-{i}-features"
         assert mounts["/data/images"] == f"${{NODE_{i}_DATA_ROOT:-./data/node-{i}/images}}"
+        assert app["volumes"][0].endswith(":/data/images:ro")  # read-only
+        image_folders.add(mounts["/data/images"])
         assert {f"node-{i}-private", f"node-{i}-features"} <= set(cfg["volumes"])
         node_volumes.append({mounts["/data/node/private"], mounts["/data/node/.cache/features"]})
         devices = app.get("deploy", {}).get("resources", {}).get("reservations", {})
@@ -174,6 +183,7 @@ def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: boo
         else:
             assert not devices
     assert sorted(partitions) == list(range(n))
+    assert len(image_folders) == n, "each node mounts its own image folder"
     for a, b in itertools.combinations(node_volumes, 2):
         assert not a & b, "two nodes share a private-prompt or feature-cache volume"
     assert f"supernode-{n}" not in svcs

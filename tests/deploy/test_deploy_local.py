@@ -1,8 +1,10 @@
 """Deployment Engine on loopback: SuperLink + 3 SuperNodes as processes, TLS and node auth on.
 
-Uses scripts/deploy_local.py (what users run), a tiny random CLIP and synthetic images. Every
-process is started in its own process group by the deployment and stopped by it (context
-manager), also when an assertion fails; the test checks afterwards that none is left.
+Uses scripts/deploy_local.py (what users run), a tiny random CLIP and synthetic images, in its
+per-node-folder mode (--split-folders: each SuperNode's data-root is its own image folder, the run
+uses data.partitioner=local). Every process is started in its own process group by the deployment
+and stopped by it (context manager), also when an assertion fails; the test checks afterwards
+that none is left.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from safetensors import safe_open
 
 from tests.conftest import TINY_CLASSES, write_synthetic_images
 from tests.deploy import REPO, load_script
@@ -57,11 +62,40 @@ def test_node_config_is_per_node(tmp_path: Path) -> None:
     assert {c["num-partitions"] for c in configs} == {3}
     assert len({c["private-dir"] for c in configs}) == 3
     assert len({c["cache-dir"] for c in configs}) == 3
+    assert not any("data-root" in c for c in configs)
     assert "insecure = true" in (dep.flwr_home / "config.toml").read_text()
+
+
+def test_split_folders_gives_each_node_its_partition(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=4)
+    src = tmp_path / "run.toml"
+    src.write_text(_toml(tiny_run_config(tmp_path, tiny_clip_dir, images)))
+    dep = dl.LocalDeployment(tmp_path / "deploy", 3, tls=False, auth=False)
+    dep.prepare()
+    local = tomllib.loads(dep.split_folders(src).read_text())
+    assert local["data.partitioner"] == "local" and local["data.root"] == ""
+    assert local["data.class-names"] == ",".join(sorted(TINY_CLASSES))
+    split = json.loads((dep.workdir / "split" / "partition.json").read_text())
+    seen: set[str] = set()
+    for node, client in zip(dep.nodes, split["clients"], strict=True):
+        cfg = parse_config_args([dep.node_config(node)])
+        assert cfg["data-root"] == str(node.images)
+        files = {f"imagefolder/{p.relative_to(node.images)}" for p in node.images.rglob("*.png")}
+        assert files == set(client["train_ids"] + client["test_ids"])
+        assert all(p.is_symlink() for p in node.images.rglob("*.png"))
+        assert not files & seen
+        seen |= files
+    assert len(seen) == 4 * len(TINY_CLASSES)
+    with pytest.raises(ValueError, match="data.num-clients=2"):
+        dl.LocalDeployment(tmp_path / "d2", 2, tls=False, auth=False).split_folders(src)
 
 
 @pytest.mark.slow
 def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """Institutions with their own folders: TLS, node auth, an intruder refused, and no node
+    (nor the server) reading any image but its own."""
     images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=8)
     cfg = tiny_run_config(tmp_path, tiny_clip_dir, images)
     cfg.update(
@@ -79,7 +113,11 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
 
     dep = dl.LocalDeployment(tmp_path / "deploy", num_nodes=3, tls=True, auth=True)
     with dep:
-        dep.up()
+        dep.prepare()
+        local_config = dep.split_folders(run_config, copy=True)
+        shutil.rmtree(images)  # the shared folder is gone: only the nodes' own copies remain
+        dep.start_superlink()
+        dep.start_supernodes()
         # An unregistered key is refused by the SuperLink, and that SuperNode gives up.
         intruder_key, _ = dl.make_node_key(dep.workdir / "keys" / "intruder")
         intruder = dl.Node(99, dep.workdir / "nodes" / "intruder", dl.free_port(), intruder_key)
@@ -91,7 +129,7 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         link_log = (dep.logs / "superlink.log").read_text()
         assert "No SuperNode found with the given public key" in link_log
 
-        res = dep.run(REPO, run_config, timeout=420)
+        res = dep.run(REPO, local_config, timeout=420)
         out = res.stdout
         assert res.returncode == 0, out[-6000:]
         pids = [p.pid for p in dep.procs]
@@ -109,6 +147,12 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         assert r["reply_array_keys"] == ["shared_ctx"]
     assert 0.0 <= rows[-1]["personalised_accuracy"] <= 1.0
 
+    # The server listed no data: a config-only manifest, no server-side feature cache.
+    manifest = json.loads((run / "partition.json").read_text())
+    assert manifest["partitioner"] == "local" and manifest["data_visible_to_server"] is False
+    assert manifest["clients"] == [] and not (run / "partition_heatmap.png").exists()
+    assert not (dep.workdir / "superlink" / ".cache").exists()
+
     experiment = json.loads((run / "state.json").read_text())["experiment_id"]
     assert not (tmp_path / "run-config-private").exists()
     for node in dep.nodes:
@@ -117,5 +161,13 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         assert sorted(p.name for p in store.iterdir()) == [f"client-{i}"]
         files = sorted(p.name for p in (store / f"client-{i}").iterdir())
         assert files == ["private-r00001.safetensors", "private-r00002.safetensors"]
-        assert any(node.cache_dir.glob("*.safetensors")), f"no feature cache in {node.cache_dir}"
+        caches = list(node.cache_dir.glob("*.safetensors"))
+        assert caches, f"no feature cache in {node.cache_dir}"
+        # Each node encoded exactly its own folder's images (train + test), nothing else.
+        ids: set[str] = set()
+        for path in caches:
+            with safe_open(str(path), framework="pt") as f:
+                ids |= set(json.loads(f.metadata()["ids"]))
+        own = {f"imagefolder/{p.relative_to(node.images)}" for p in node.images.rglob("*.png")}
+        assert ids == own, f"node {i} encoded {sorted(ids - own)} outside its folder"
     assert os.environ.get("FLWR_HOME") != str(dep.flwr_home)

@@ -9,9 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import (
+    DEFAULT_TTL,
+    Array,
+    ArrayRecord,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+)
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
-from server_app.strategy import SharedPromptFedAvg
+from server_app.loop import _missing
+from server_app.strategy import SharedPromptFedAvg, expected_examples
+from tests.conftest import TINY_CLASSES
 from tests.reliability.helpers import rows, run, setup_run
 from tests.server_app.test_strategy import SHAPE, reply
 
@@ -53,14 +65,16 @@ HOSTILE = {
     "negative partition": lambda: reply(9, {"shared_ctx": torch.zeros(SHAPE)}, pid=-1),
     "list examples": lambda: reply(9, {"shared_ctx": torch.zeros(SHAPE)}, n=[10**9]),
     "nan examples": lambda: reply(9, {"shared_ctx": torch.zeros(SHAPE)}, n=float("nan")),
+    "inflated examples": lambda: reply(9, {"shared_ctx": torch.zeros(SHAPE)}, n=10**9),
+    "examples 11x median": lambda: reply(9, {"shared_ctx": torch.zeros(SHAPE)}, n=110),
 }
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_reply_rejected_logged_counted(name: str, caplog) -> None:
-    s = _strategy(max_norm_ratio=10.0)
+    s = _strategy(max_norm_ratio=10.0, max_examples_ratio=10.0)
     honest = _honest()
-    ref, _ = _strategy(max_norm_ratio=10.0).aggregate_train(1, _honest())
+    ref, _ = _strategy(max_norm_ratio=10.0, max_examples_ratio=10.0).aggregate_train(1, _honest())
     arrays, _ = s.aggregate_train(1, [*honest, HOSTILE[name]()])
     # The average is exactly the honest clients' average: the hostile reply had no influence.
     got = arrays.to_torch_state_dict()["shared_ctx"]
@@ -156,3 +170,149 @@ def test_run_survives_hostile_clients(tmp_path: Path, tiny_clip_dir: Path, caplo
     reasons = [r["rejected"][0]["reason"] for r in out]
     assert "max-norm-ratio" in reasons[0] and "private" in reasons[1] and "non-finite" in reasons[2]
     assert sum("rejected" in rec.message for rec in caplog.records) >= 3
+
+
+# -- num-examples inflation -------------------------------------------------------------------
+def test_inflated_example_count_cannot_dominate_the_average(caplog) -> None:
+    """A plausible update with a huge num-examples claim would be ~the whole average; it is
+    rejected (logged, counted), and the average is the honest clients' alone."""
+    poisoned = torch.full(SHAPE, 0.5)  # small enough to pass the norm bound
+    liar = reply(9, {"shared_ctx": poisoned}, n=10**6)
+    off = _strategy(max_norm_ratio=10.0, max_examples_ratio=0.0)
+    arrays, metrics = off.aggregate_train(1, [*_honest(), liar])
+    dominated = arrays.to_torch_state_dict()["shared_ctx"]
+    assert torch.allclose(dominated, poisoned, atol=1e-4)  # what the bound is for
+    assert metrics["num-examples"] == 10**6 + 40
+
+    s = _strategy(max_norm_ratio=10.0, max_examples_ratio=10.0)
+    ref, _ = _strategy(max_norm_ratio=10.0).aggregate_train(1, _honest())
+    arrays, metrics = s.aggregate_train(1, [*_honest(), liar])
+    got = arrays.to_torch_state_dict()["shared_ctx"]
+    assert torch.equal(got, ref.to_torch_state_dict()["shared_ctx"])
+    assert metrics["num-examples"] == 40
+    rep = s.train_report
+    assert rep.ok == 4 and [r["node"] for r in rep.rejected] == [9]
+    assert "server.max-examples-ratio 10 x round median 10" in rep.rejected[0]["reason"]
+    assert any("node 9 rejected: num-examples" in r.message for r in caplog.records)
+
+
+def test_example_bound_is_relative_to_the_round_median() -> None:
+    # Exactly 10x the (lower) median passes, above it does not, from two replies on.
+    for claim, rejected in ((100, []), (101, [2])):
+        s = _strategy(max_examples_ratio=10.0)
+        s.aggregate_train(
+            1, [reply(1, {"shared_ctx": SENT}, n=10), reply(2, {"shared_ctx": SENT}, n=claim)]
+        )
+        assert [r["node"] for r in s.train_report.rejected] == rejected
+    # One reply: no scale to judge by.
+    s = _strategy(max_examples_ratio=10.0)
+    s.aggregate_train(1, [reply(2, {"shared_ctx": SENT}, n=10**9)])
+    assert s.train_report.ok == 1
+    # Uniformly large claims all pass.
+    s = _strategy(max_examples_ratio=10.0)
+    s.aggregate_train(1, [reply(i, {"shared_ctx": SENT}, n=10**6 + i) for i in range(1, 4)])
+    assert s.train_report.ok == 3 and not s.train_report.rejected
+
+
+def test_known_partition_sizes_bound_claims_exactly() -> None:
+    """Where the server can list the federation, a claim above the partition's size is rejected
+    and an honest large partition is never held to the median bound (quantity skew)."""
+    expected = {1: 10, 2: 10, 3: 10, 4: 5000}
+    s = _strategy(max_examples_ratio=10.0, expected_train_examples=expected)
+    replies = [reply(i, {"shared_ctx": SENT}, n=10) for i in (1, 2)]
+    replies += [reply(3, {"shared_ctx": SENT}, n=11), reply(4, {"shared_ctx": SENT}, n=5000)]
+    s.aggregate_train(1, replies)
+    rep = s.train_report
+    assert rep.ok == 3 and [r["partition"] for r in rep.rejected] == [3]
+    assert "num-examples 11 > 10 that partition 3 can hold" in rep.rejected[0]["reason"]
+    assert rep.per_client[4]["num_train"] == 5000
+
+
+def test_inflated_evaluate_count_cannot_skew_the_accuracy() -> None:
+    def ev(node: int, n: int, acc: float) -> Message:
+        msg = reply(node, None)
+        msg.content["metrics"] = MetricRecord(
+            {"num-examples": n, "personalised-accuracy": acc, "global-accuracy": acc,
+             "partition-id": node}
+        )  # fmt: skip
+        return msg
+
+    s = _strategy(max_examples_ratio=10.0)
+    m = s.aggregate_evaluate(1, [ev(1, 4, 0.5), ev(2, 4, 0.5), ev(3, 10**6, 1.0)])
+    assert m["personalised-accuracy"] == 0.5
+    assert [r["node"] for r in s.eval_report.rejected] == [3]
+    s = _strategy(expected_eval_examples={1: 4, 2: 4, 3: 4})
+    m = s.aggregate_evaluate(1, [ev(1, 4, 0.5), ev(2, 4, 0.5), ev(3, 5, 1.0)])
+    assert (
+        m["personalised-accuracy"] == 0.5
+        and "its test split" in s.eval_report.rejected[0]["reason"]
+    )
+
+
+def test_expected_examples_from_the_federation(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    from task.federated import get_federation, parse_app_config
+
+    cfg = setup_run(tmp_path, tiny_clip_dir, **{"train.epochs": 3})
+    core = parse_app_config(cfg).core
+    fed = get_federation(core.data)
+    got = expected_examples(core)
+    assert got["expected_train_examples"] == {c.client_id: 3 * len(c.train) for c in fed.clients}
+    assert got["expected_eval_examples"] == {c.client_id: len(c.test) for c in fed.clients}
+    assert sorted(got["expected_train_examples"]) == [0, 1, 2]
+    local = {**cfg, "data.partitioner": "local", "data.root": ""}
+    local["data.class-names"] = ",".join(TINY_CLASSES)
+    assert expected_examples(parse_app_config(local).core) == {}  # the server lists no images
+
+
+@pytest.mark.slow
+def test_run_rejects_an_inflated_claim(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """Through the real loop: the partition sizes it passes bound client 2's inflated claim."""
+    cfg = setup_run(tmp_path, tiny_clip_dir, **{"server.num-rounds": 1})
+    target = 101 + 7 * 2  # InProcessGrid's node id of partition 2
+
+    def inflate(dst: int, msg: Message) -> Message:
+        if dst == target and msg.has_content() and "arrays" in msg.content:
+            metrics = dict(msg.content["metrics"])
+            metrics["num-examples"] = 10**6
+            msg.content["metrics"] = MetricRecord(metrics)
+        return msg
+
+    run(cfg, tamper=inflate)
+    (r,) = rows(cfg)
+    assert r["clients_ok"] == 2 and r["replies_rejected"] == 1
+    assert r["rejected"][0]["partition"] == 2
+    assert "that partition 2 can hold (epochs x its train split)" in r["rejected"][0]["reason"]
+
+
+# -- a node that vanished ---------------------------------------------------------------------
+def test_superlink_error_for_a_vanished_node_is_counted_once(caplog) -> None:
+    """When a node stops heartbeating, the SuperLink answers for it with a NODE_UNAVAILABLE error
+    (src = the SuperLink). The strategy logs it without counting; the loop counts the node as
+    missing: one failure, not two, and no bogus per-client entry for the SuperLink."""
+    s = _strategy()
+    sent = [reply(n, None) for n in (11, 12, 13)]  # stand-ins for the pushed train messages
+    for msg in sent:
+        msg.metadata.__dict__["_dst_node_id"] = msg.metadata.src_node_id
+        msg.metadata.__dict__["_message_id"] = f"ins-{msg.metadata.src_node_id}"
+    s.configured = sent
+    gen = torch.Generator().manual_seed(0)
+    ok = [
+        reply(n, {"shared_ctx": 0.1 * torch.randn(SHAPE, generator=gen)}, pid=n - 11)
+        for n in (11, 12)
+    ]
+    link = Message(
+        error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Error: Node Unavailable"),
+        metadata=Metadata(
+            run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID,
+            dst_node_id=SUPERLINK_NODE_ID, reply_to_message_id="ins-13", group_id="1",
+            created_at=0.0, ttl=DEFAULT_TTL, message_type=MessageType.TRAIN,
+        ),
+    )  # fmt: skip
+    replies = [*ok, link]
+    missing = _missing(sent, replies, 2, "train")
+    s.aggregate_train(2, replies)
+    rep = s.train_report
+    assert (rep.ok, rep.failed + missing, rep.rejected) == (2, 1, [])
+    assert SUPERLINK_NODE_ID not in rep.bytes_from
+    assert any("node 13 failed: the SuperLink answered" in r.message for r in caplog.records)
+    assert any("no reply from node(s) [13]" in r.message for r in caplog.records)

@@ -23,7 +23,7 @@ def test_preset_and_overrides_compose_to_a_valid_run_config(tmp_path: Path) -> N
         )
     cmd = build_command(cfg, tmp_path, REPO)
     assert cmd[:3] == ["flwr", "run", str(REPO)]
-    assert cmd[-2:] == ["--federation-config", "num-supernodes=20"]
+    assert cmd[-2:] == ["--federation-config", "num-supernodes=20 client-resources-num-cpus=1"]
     flat = tomllib.loads((tmp_path / "run_config.toml").read_text())
     assert flat["method.name"] == "promptfl" and flat["data.num-clients"] == 20
     assert Path(flat["run.dir"]).is_absolute() and Path(flat["cache.dir"]).is_absolute()

@@ -77,7 +77,7 @@ def test_new_then_skip_then_resume(tmp_path: Path, fake: FakeRun) -> None:
 
     assert launch_job(cfg, tmp_path / "job0", REPO) == 0  # new
     (cmd,) = fake.calls
-    assert cmd[-2:] == ["--federation-config", "num-supernodes=40"]
+    assert cmd[-2:] == ["--federation-config", "num-supernodes=40 client-resources-num-cpus=1"]
     toml = tomllib.loads((tmp_path / "job0" / "run_config.toml").read_text())
     assert toml["run.name"] == name and toml["data.num-clients"] == 40
 
