@@ -426,7 +426,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
         "| model | method | prompts x classes | tokens (cut / naive) | fast step (s) | "
         "naive step (s) | speed-up | floor (s) | fast / floor | fast / floor (bwd=2x fwd) | "
-        "|Δloss| cut vs 77 | |Δloss| fp16 cache | |Δloss| first step fast vs naive |",
+        "\\|Δloss\\| cut vs 77 | \\|Δloss\\| fp16 cache | \\|Δloss\\| first step fast vs naive |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:

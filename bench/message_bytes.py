@@ -87,6 +87,27 @@ def measure(work: Path, text_width: int, fp16: bool, clients: int = 3) -> dict[s
     return row
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per (prompt width, transport): wire bytes of each message kind vs the payload."""
+    head = (
+        "| prompt width | transport | payload fp32 (B) | train down (B, x payload) "
+        "| train up | evaluate down | evaluate up | round down / up (x payload) |"
+    )
+    out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+
+        def cell(kind: str, row: dict[str, Any] = r) -> str:
+            return f"{row[f'{kind}_bytes']:.0f} ({row[f'{kind}_over_payload']:.3f}x)"
+
+        out.append(
+            f"| {r['text_width']} | {'fp16' if r['fp16_transport'] else 'fp32'} "
+            f"| {r['fp32_payload_bytes']} | {cell('train_down')} | {cell('train_up')} "
+            f"| {cell('evaluate_down')} | {cell('evaluate_up')} "
+            f"| {r['round_down_over_payload']:.3f}x / {r['round_up_over_payload']:.3f}x |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "message_bytes.json"))
@@ -102,23 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for width in (512, 256):
             for fp16 in (False, True):
                 rows.append(measure(Path(tmp), width, fp16))
-    head = (
-        "| prompt width | transport | payload fp32 (B) | train down (B, x payload) "
-        "| train up | evaluate down | evaluate up | round down / up (x payload) |"
-    )
-    print(head)
-    print("|" + " --- |" * (head.count("|") - 1))
-    for r in rows:
-
-        def cell(kind: str, row: dict[str, Any] = r) -> str:
-            return f"{row[f'{kind}_bytes']:.0f} ({row[f'{kind}_over_payload']:.3f}x)"
-
-        print(
-            f"| {r['text_width']} | {'fp16' if r['fp16_transport'] else 'fp32'} "
-            f"| {r['fp32_payload_bytes']} | {cell('train_down')} | {cell('train_up')} "
-            f"| {cell('evaluate_down')} | {cell('evaluate_up')} "
-            f"| {r['round_down_over_payload']:.3f}x / {r['round_up_over_payload']:.3f}x |"
-        )
+    print(markdown(rows))
     vit = next(r for r in rows if r["text_width"] == 512 and not r["fp16_transport"])
     worst = max(vit["train_down_over_payload"], vit["train_up_over_payload"])
     doc = {

@@ -247,8 +247,9 @@ def summarise_rows(rows: list[dict[str, Any]], wall: float, actors: int) -> dict
     rounds = [r["round_seconds"] for r in rows]
     per_round: list[dict[str, float]] = []
     for r in rows:
-        t = {"features": 0.0, "train": 0.0, "evaluate": 0.0, "clients": 0}
+        t = {"features": 0.0, "train": 0.0, "evaluate": 0.0, "clients": 0, "cpu": 0.0}
         for c in r.get("per_client", {}).values():
+            t["cpu"] += c.get("train_cpu_s", 0.0) + c.get("eval_cpu_s", 0.0)
             t["features"] += c.get("train_features_s", 0.0) + c.get("eval_features_s", 0.0)
             t["train"] += c.get("train_compute_s", 0.0)
             t["evaluate"] += c.get("eval_compute_s", 0.0)
@@ -273,6 +274,12 @@ def summarise_rows(rows: list[dict[str, Any]], wall: float, actors: int) -> dict
         "round_median_after_first_s": round(statistics.median(steady), 2),
         "client_cpu_s": {k: round(v, 1) for k, v in work.items()},
         "client_cpu_round1_features_s": round(per_round[0]["features"], 1),
+        # process CPU seconds in the handlers (robust to other jobs, unlike wall time)
+        "client_process_cpu_s": round(sum(t["cpu"] for t in per_round), 1),
+        "client_process_cpu_round1_s": round(per_round[0]["cpu"], 1),
+        "client_process_cpu_median_later_round_s": round(
+            statistics.median([t["cpu"] for t in per_round[1:]] or [per_round[0]["cpu"]]), 2
+        ),
         "overhead_s": round(overhead, 1),
         "overhead_share_of_rounds": round(overhead / sum(rounds), 3) if sum(rounds) else None,
         "final_personalised_accuracy": rows[-1].get("personalised_accuracy"),
@@ -337,10 +344,12 @@ def suite(name: str, ns: argparse.Namespace, data_dir: Path) -> list[Case]:
     raise SystemExit(f"unknown suite {name!r}")
 
 
-def _table(results: list[dict[str, Any]]) -> str:
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One line per case: wall time and its split, memory, cache size, accuracy."""
     head = (
         "| case | clients x rounds | actors | wall (s) | setup (s) | round 1 (s) "
-        "| later round, median (s) | features / train / eval (client CPU-s) "
+        "| later round, median (s) | later round, client process CPU (s) "
+        "| features / train / eval (client wall-s) "
         "| overhead (s, share) | peak PSS: ClientApp / all (MB) | cache (MB) | final pers. acc |"
     )
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
@@ -351,13 +360,14 @@ def _table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['case']} | {r['clients']} x {r['rounds']} | {r['actors']} | {r['wall_s']} | "
             f"{r['setup_s']} | {r['round1_s']} | {r['round_median_after_first_s']} | "
+            f"{r.get('client_process_cpu_median_later_round_s', '-')} | "
             f"{cpu['features']} / {cpu['train']} / {cpu['evaluate']} | {r['overhead_s']} "
             f"({100 * (r['overhead_share_of_rounds'] or 0):.0f}%) | "
             f"{mem['peak_clientapp_actor_pss']:.0f} / {mem['peak_simulation_pss']:.0f} | "
             f"{r['feature_cache_bytes'] / 1e6:.1f} | "
             f"{'-' if acc is None else f'{100 * acc:.2f}%'} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["runs"].append({"command": doc["command"], "date": doc["date"], "machine": doc["machine"]})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(_table(results))
+    print(markdown(results))
     print(f"wrote {out}")
     return 0
 

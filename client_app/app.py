@@ -1,8 +1,11 @@
 """Flower ClientApp: private prompt on local disk, shared prompt from/to the server.
 
 Thin adapter over task.federated.FederatedClient: decode the message, run the round, reply with
-the shared tensors and metrics only. The private prompt is loaded from and saved to the store
-under ``<private-dir>/<experiment>/client-<partition>/``; ``private-dir`` comes from the node config
+the shared tensors and metrics only. For ``method.name=fedavg-full`` the "shared tensors" are the
+whole image encoder + linear head (trained on raw images; nothing private, nothing cached).
+
+The private prompt is loaded from and saved to the store under
+``<private-dir>/<experiment>/client-<partition>/``; ``private-dir`` comes from the node config
 (deployment: ``--node-config "private-dir='/data/private'"``) or else ``client.private-dir``;
 likewise the node config's ``cache-dir`` overrides ``cache.dir`` (the frozen feature cache), and
 ``data-root`` names the node's own ``<root>/<class>/<image>`` folder: with
@@ -112,13 +115,16 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
     return client, server_round, cfg.server.fp16_transport
 
 
-def _timings(client: FederatedClient, t0: float) -> dict[str, float]:
-    """Where this reply's time went: image features (cache load or extraction) and the rest."""
+def _timings(client: FederatedClient, t0: float, c0: float) -> dict[str, float]:
+    """Where this reply's time went: image features (cache load or extraction) and the rest
+    (wall seconds), and the CPU seconds this process used, which other jobs on a shared
+    machine inflate far less than wall time."""
     total = time.perf_counter() - t0
     return {
         "time-total": total,
         "time-features": client.feature_seconds,
         "time-compute": total - client.feature_seconds,
+        "time-cpu": time.process_time() - c0,
     }
 
 
@@ -132,7 +138,7 @@ def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally from the received shared prompt; reply with the shared tensors only."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     client, server_round, _ = _client(msg, context)
     if _faults("train", client.partition_id, server_round):
         raise InjectedFault(f"injected fault: client {client.partition_id} train (FEDRSCLIP_FAULT)")
@@ -147,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
         "partition-id": client.partition_id,
     }
     metrics.update({f"train-{k}": float(v) for k, v in result.parts.items() if k != "loss"})
-    metrics.update(_timings(client, t0))
+    metrics.update(_timings(client, t0, c0))
     content = RecordDict({ARRAYS: to_record(new_shared, fp16=fp16), METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
@@ -155,7 +161,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Personalised (shared + private) and shared-only accuracy on this client's test split."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     client, server_round, _ = _client(msg, context)
     shared, _ = _shared(msg)
     res = client.evaluate(shared, server_round)
@@ -169,7 +175,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         "partition-id": client.partition_id,
         "private-round": -1 if res.private_round is None else int(res.private_round),
     }
-    metrics.update(_timings(client, t0))
+    metrics.update(_timings(client, t0, c0))
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

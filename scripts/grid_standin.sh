@@ -35,9 +35,12 @@ tune)
   ;;
 test)
   # shellcheck disable=SC2086  # TUNED holds several overrides
-  L=(python -m server_app.launch -m federation=ucmerced_10 seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED)
-  "${L[@]}" split=even,dirichlet0.1 method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  "${L[@]}" split=even method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
+  L=(python -m server_app.launch -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED)
+  M=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
+  "${L[@]}" federation=ucmerced_10 split=even,dirichlet0.1 method=$M
+  "${L[@]}" federation=ucmerced_10 split=even method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
+  # Centralised rows: one client holds all the training data.
+  "${L[@]}" split=even federation=ucmerced_1 method=promptfl,fedrsclip
   python -m task.report --runs runs --out docs/results.md
   ;;
 *)

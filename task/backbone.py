@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from task.config import ConfigError, ModelConfig
-from task.hashing import file_sha256
+from task.hashing import file_sha256_memo
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _identity(source: str, model: CLIPModel) -> str:
     if path.is_dir():
         for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
             h.update(weights.name.encode())
-            h.update(file_sha256(weights).encode())
+            h.update(file_sha256_memo(weights).encode())
     else:
         h.update(source.encode())
         h.update(str(getattr(model.config, "_commit_hash", "") or "").encode())

@@ -27,6 +27,13 @@ from task.config import ConfigError, ModelConfig, RunConfig, parse_run_config, t
 from task.data.config import DataConfig
 from task.data.federation import Federation, build_federation, build_local_federation
 from task.features import FeatureCache, FeatureSet
+from task.full_finetune import (
+    evaluate_full,
+    initial_state,
+    load_full_model,
+    shared_state,
+    train_full,
+)
 from task.methods import Method, build_learner, get_method
 from task.private_store import PrivateStore
 from task.prompt_learner import PRIVATE_KEY, PromptLearner
@@ -272,8 +279,11 @@ def make_learner(cfg: RunConfig, method: Method, backbone: Backbone, classes: li
 
 # -- server side ----------------------------------------------------------------------------
 def initial_shared(cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """The round-0 shared prompt, built from the backbone (phrase token embeddings)."""
+    """The round-0 shared prompt, built from the backbone (phrase token embeddings); for
+    ``fedavg-full`` the whole round-0 model (image encoder + zero-shot-initialised head)."""
     method = get_method(cfg.method.name)
+    if method.full_finetune:
+        return initial_state(get_backbone(cfg.model), run_class_names(cfg.data))
     if not method.shared_keys:
         return {}
     backbone = get_backbone(cfg.model)
@@ -339,6 +349,11 @@ def global_evaluate(
     method = get_method(cfg.method.name)
     backbone = get_backbone(cfg.model)
     fed = get_federation(cfg.data)
+    if method.full_finetune:  # the encoder is not frozen: scored on images, no feature cache
+        model = load_full_model(backbone, fed.class_names, shared)
+        return evaluate_full(
+            model, backbone, fed.global_test(), cfg.train.batch_size, cfg.data.skip_corrupt
+        )
     feats = FeatureCache(cfg.cache.dir, on_corrupt=on_corrupt).load_or_extract(
         backbone,
         fed.global_test(),
@@ -439,6 +454,8 @@ class FederatedClient:
         self, shared: Mapping[str, torch.Tensor], server_round: int
     ) -> tuple[dict[str, torch.Tensor], TrainResult]:
         """Local epochs from round r-1's private prompt; saves round r's; returns shared only."""
+        if self.method.full_finetune:
+            return self._train_full(shared, server_round)
         learner, _ = self.learner(shared, server_round - 1)
         result = train(
             learner,
@@ -456,6 +473,8 @@ class FederatedClient:
 
     def evaluate(self, shared: Mapping[str, torch.Tensor], server_round: int) -> ClientEval:
         """Personalised (shared + private) and shared-only accuracy on this client's test split."""
+        if self.method.full_finetune:
+            return self._evaluate_full(shared)
         feats = self.features("test")
         scale = self.backbone.logit_scale
         if not self.method.trains:
@@ -470,6 +489,34 @@ class FederatedClient:
         )
         global_ = evaluate(text, feats, head, self.cfg.loss, scale, personalised=False)
         return ClientEval(personal, global_, private_round)
+
+    # fedavg-full: the whole image encoder + head, trained on images (no cache, nothing private)
+    def _train_full(
+        self, shared: Mapping[str, torch.Tensor], server_round: int
+    ) -> tuple[dict[str, torch.Tensor], TrainResult]:
+        model = load_full_model(self.backbone, self.fed.class_names, shared)
+        result = train_full(
+            model,
+            self.backbone,
+            self.data.train,
+            self.cfg.train,
+            seed=derive_seed(self.cfg.train.seed, server_round, self.partition_id),
+            skip_corrupt=self.cfg.data.skip_corrupt,
+        )
+        return shared_state(model, self.method.shared_keys_for(model)), result
+
+    def _evaluate_full(self, shared: Mapping[str, torch.Tensor]) -> ClientEval:
+        """The received global model on this client's test split; there is no private part, so
+        the personalised result is the global one."""
+        model = load_full_model(self.backbone, self.fed.class_names, shared)
+        res = evaluate_full(
+            model,
+            self.backbone,
+            self.data.test,
+            self.cfg.train.batch_size,
+            skip_corrupt=self.cfg.data.skip_corrupt,
+        )
+        return ClientEval(res, res, None)
 
 
 def private_store_for(base_dir: str | Path, experiment: str, partition_id: int) -> PrivateStore:

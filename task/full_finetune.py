@@ -7,14 +7,22 @@ batch of images and runs the encoder forward and backward (slow on CPU; the poin
 
 Model: ``logits = head(normalize(W_v . LN_post(ViT(x)[CLS])))``. The head is a linear layer
 initialised from the zero-shot text features times CLIP's temperature (bias 0), so round 0 is
-zero-shot CLIP with the remote-sensing template ensemble and every client starts from the same
-state. Every parameter is trainable and shared; nothing is private.
+zero-shot CLIP with the remote-sensing template ensemble. That initialisation has no randomness:
+the server builds it once (``initial_state``) and sends it, so every client starts identical.
+Every parameter is trainable and shared; nothing is private. The frozen backbone (and its text
+tower) is never modified: the model trains a deep copy of the image encoder.
+
+Precision: parameters (and so everything sent) are fp32; ``model.dtype`` bfloat16/float16 runs the
+forward and backward passes under ``torch.autocast`` in that dtype (float16 with a gradient
+scaler), on the backbone's device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,38 +30,62 @@ from torch import nn
 
 from task.backbone import Backbone
 from task.config import TrainConfig
-from task.data.records import ImageRecord, load_rgb
+from task.data.records import CorruptImageError, ImageRecord, load_rgb
 from task.train import EvalResult, TrainResult, make_optimizer
 from task.zeroshot import zeroshot_features
 
+log = logging.getLogger(__name__)
+HEAD_INITS = ("zeroshot", "zeros")
+
 
 class FullFinetuneModel(nn.Module):
-    """A trainable copy of the backbone's image encoder plus a linear classification head."""
+    """A trainable copy of the backbone's image encoder plus a linear classification head.
 
-    def __init__(self, backbone: Backbone, class_names: list[str]) -> None:
+    ``head_init``: ``zeroshot`` (the round-0 model: ``W_h = tau x`` zero-shot text features,
+    ``b_h = 0``) or ``zeros`` (a placeholder that a received state overwrites at once: skips the
+    text-tower forward passes).
+    """
+
+    def __init__(
+        self, backbone: Backbone, class_names: list[str], head_init: str = "zeroshot"
+    ) -> None:
         super().__init__()
         if not class_names:
             raise ValueError("class_names is empty")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
         clip = backbone.model
         self.vision_model = copy.deepcopy(clip.vision_model).float()
         self.visual_projection = copy.deepcopy(clip.visual_projection).float()
         self.requires_grad_(True)
-        text = zeroshot_features(backbone, class_names).shared  # [C, D], unit norm
-        self.head = nn.Linear(text.shape[1], len(class_names))
+        dim = clip.config.projection_dim
+        self.head = nn.Linear(dim, len(class_names))
         with torch.no_grad():
-            self.head.weight.copy_(text.float() * backbone.logit_scale)
+            if head_init == "zeroshot":
+                text = zeroshot_features(backbone, class_names).shared  # [C, D], unit norm
+                self.head.weight.copy_(text.float() * backbone.logit_scale)
+            else:
+                self.head.weight.zero_()
             self.head.bias.zero_()
         self.to(backbone.device)
         self.class_names = list(class_names)
+        self.compute_dtype = backbone.dtype  # autocast dtype (fp32 = no autocast)
 
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision in ``model.dtype`` (parameters stay fp32)."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.vision_model(pixel_values=pixel_values.to(self.device, torch.float32))
-        embedding = F.normalize(self.visual_projection(out.pooler_output), dim=-1)
-        return self.head(embedding)
+        with self.autocast():  # the encoder in model.dtype; normalisation and head in fp32
+            out = self.vision_model(pixel_values=pixel_values.to(self.device, torch.float32))
+            projected = self.visual_projection(out.pooler_output)
+        return self.head(F.normalize(projected.float(), dim=-1))
 
 
 def build_full_model(backbone: Backbone, class_names: list[str]) -> FullFinetuneModel:
@@ -61,9 +93,60 @@ def build_full_model(backbone: Backbone, class_names: list[str]) -> FullFinetune
     return FullFinetuneModel(backbone, class_names)
 
 
-def _pixels(backbone: Backbone, records: Sequence[ImageRecord]) -> torch.Tensor:
-    images = [load_rgb(r.path) for r in records]
-    return backbone.preprocess(images).float()
+def shared_state(model: FullFinetuneModel, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Detached fp32 CPU copies of the given parameters (what a client sends)."""
+    state = model.state_dict()
+    return {k: state[k].detach().to("cpu", torch.float32).clone() for k in keys}
+
+
+def initial_state(backbone: Backbone, class_names: list[str]) -> dict[str, torch.Tensor]:
+    """The server's round-0 global model: every parameter of ``build_full_model``, fp32, CPU."""
+    model = build_full_model(backbone, class_names)
+    keys = [n for n, p in model.named_parameters() if p.requires_grad]
+    return shared_state(model, keys)
+
+
+def load_full_model(
+    backbone: Backbone, class_names: list[str], state: Mapping[str, torch.Tensor]
+) -> FullFinetuneModel:
+    """A model holding exactly ``state`` (the server's global model): every key must be there,
+    with its shape, and nothing else (a strict load; a mismatch raises ValueError)."""
+    model = FullFinetuneModel(backbone, class_names, head_init="zeros")
+    expected = dict(model.state_dict())
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"fedavg-full state does not match the model: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {extra[:5]}"
+            f"{'...' if len(extra) > 5 else ''} ({len(extra)})"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"fedavg-full {key}: shape {tuple(value.shape)} != {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    return model
+
+
+def _batch(
+    backbone: Backbone, records: Sequence[ImageRecord], skip_corrupt: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Pixels and labels of the readable images of ``records`` (None when none is)."""
+    images, labels = [], []
+    for rec in records:
+        try:
+            images.append(load_rgb(rec.path))
+        except CorruptImageError as err:
+            if not skip_corrupt:
+                raise
+            log.warning("skipping corrupt image (data.skip-corrupt): %s", err)
+            continue
+        labels.append(rec.label)
+    if not images:
+        return None
+    return backbone.preprocess(images).float(), torch.tensor(labels, dtype=torch.long)
 
 
 def train_full(
@@ -72,28 +155,40 @@ def train_full(
     records: Sequence[ImageRecord],
     train_cfg: TrainConfig,
     seed: int,
+    skip_corrupt: bool = False,
 ) -> TrainResult:
     """Local epochs of CE on images (encoder + head); returns mean loss and example count."""
     if train_cfg.epochs == 0 or len(records) == 0:
         return TrainResult(0.0, 0, 0)
     model.train()
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg)
+    scaler = torch.amp.GradScaler(model.device.type, enabled=model.compute_dtype == torch.float16)
     generator = torch.Generator().manual_seed(seed)
-    total, steps = 0.0, 0
+    total, steps, seen = 0.0, 0, 0
     for _ in range(train_cfg.epochs):
         order = torch.randperm(len(records), generator=generator).tolist()
         for start in range(0, len(records), train_cfg.batch_size):
-            batch = [records[i] for i in order[start : start + train_cfg.batch_size]]
-            labels = torch.tensor([r.label for r in batch], device=model.device)
-            loss = F.cross_entropy(model(_pixels(backbone, batch)), labels)
+            batch = _batch(
+                backbone,
+                [records[i] for i in order[start : start + train_cfg.batch_size]],
+                skip_corrupt,
+            )
+            if batch is None:
+                continue
+            pixels, labels = batch
+            loss = F.cross_entropy(model(pixels), labels.to(model.device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total += float(loss.detach())
             steps += 1
+            seen += len(labels)
     model.eval()
+    if steps == 0:
+        raise ValueError(f"no readable images among {len(records)} training records")
     mean = total / steps
-    return TrainResult(mean, len(records) * train_cfg.epochs, steps, {"ce": mean, "loss": mean})
+    return TrainResult(mean, seen, steps, {"ce": mean, "loss": mean})
 
 
 @torch.no_grad()
@@ -102,23 +197,29 @@ def evaluate_full(
     backbone: Backbone,
     records: Sequence[ImageRecord],
     batch_size: int = 64,
+    skip_corrupt: bool = False,
 ) -> EvalResult:
     """Accuracy, mean CE and per-class accuracy of the fine-tuned encoder + head."""
     n_classes = model.head.out_features
     if len(records) == 0:
         return EvalResult(float("nan"), float("nan"), 0, [float("nan")] * n_classes)
     model.eval()
-    preds, loss_sum = [], 0.0
-    labels = torch.tensor([r.label for r in records], dtype=torch.long)
+    preds, targets, loss_sum = [], [], 0.0
     for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        logits = model(_pixels(backbone, batch)).float().cpu()
-        y = labels[start : start + batch_size]
+        batch = _batch(backbone, records[start : start + batch_size], skip_corrupt)
+        if batch is None:
+            continue
+        pixels, y = batch
+        logits = model(pixels).float().cpu()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         preds.append(logits.argmax(dim=1))
+        targets.append(y)
+    if not preds:
+        return EvalResult(float("nan"), float("nan"), 0, [float("nan")] * n_classes)
+    labels = torch.cat(targets)
     correct = (torch.cat(preds) == labels).float()
     counts = torch.bincount(labels, minlength=n_classes).float()
     hits = torch.bincount(labels, weights=correct, minlength=n_classes)
     per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
-    n = len(records)
+    n = len(labels)
     return EvalResult(float(correct.mean()), loss_sum / n, n, per_class.tolist())

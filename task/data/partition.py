@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-    SizePartitioner,
-)
 
 from task.data.errors import DataError
+
+if TYPE_CHECKING:  # imported where used: ~1.5 s of start-up a deployed ClientApp with
+    import datasets  # data.partitioner=local never needs (docs/performance.md)
+    from flwr_datasets.partitioner import Partitioner
 
 # What to change when a partitioner cannot satisfy its constraints (used in every DataError).
 PARTITION_HINTS: dict[str, str] = {
@@ -76,6 +73,8 @@ def partition_indices(
             f"unknown partitioner {partitioner!r}. Fix: use even, quantity-skew, "
             "dirichlet or pathological"
         )
+    import datasets
+
     ds = datasets.Dataset.from_dict(
         {"idx": np.arange(n, dtype=np.int64), "label": np.asarray(labels, dtype=np.int64)}
     )
@@ -116,6 +115,13 @@ def _partitioner(
 ) -> Partitioner:
     """The configured flwr-datasets partitioner, with its dataset set (constructors validate
     their arguments and may raise ValueError, so this runs inside the caller's try)."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+        SizePartitioner,
+    )
+
     if partitioner == "even":
         part: Partitioner = IidPartitioner(num_partitions=num_clients)
         # imagefolder order is sorted by class: shuffle before the contiguous IID shards

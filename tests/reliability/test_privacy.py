@@ -19,7 +19,7 @@ from tests.reliability.helpers import rows, run, setup_run
 REPLY_METRIC_KEYS = {
     "num-examples", "train-loss", "steps", "partition-id", "personalised-accuracy",
     "personalised-loss", "global-accuracy", "global-loss", "global-num-examples", "private-round",
-    "time-total", "time-features", "time-compute",  # seconds spent, for bench.simulation
+    "time-total", "time-features", "time-compute", "time-cpu",  # seconds, for bench.simulation
 }  # fmt: skip
 
 

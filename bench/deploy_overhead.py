@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Per-round wall time: simulation vs Deployment Engine (tiny random CLIP, synthetic images).
 
 Same run config both ways; prints each round's ``round_seconds`` (from metrics.jsonl, measured by
@@ -6,7 +5,7 @@ the ServerApp around train + evaluate) and the 1-minute load average. Round 1 ex
 features (the cache is then on each node's disk); later rounds reuse it. In deployment every
 message starts a fresh ClientApp process; in simulation Ray actors stay alive::
 
-    python scripts/bench_deploy_overhead.py --nodes 3 --rounds 4 --workdir /tmp/fedrsclip-bench
+    python -m bench.deploy_overhead --nodes 3 --rounds 4   # -> bench/results/deploy_overhead.json
 """
 
 from __future__ import annotations
@@ -15,13 +14,14 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts"))  # deploy_local
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -32,7 +32,7 @@ def _rounds(run_dir: Path) -> list[float]:
     return [round(json.loads(line)["round_seconds"], 2) for line in lines]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from deploy_local import LocalDeployment
 
     from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
@@ -45,7 +45,8 @@ def main() -> int:
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--workdir", default="/tmp/fedrsclip-bench")
     p.add_argument("--only", choices=["simulation", "deployment"])
-    ns = p.parse_args()
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy_overhead.json"))
+    ns = p.parse_args(argv)
     work = Path(ns.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -87,8 +88,48 @@ def main() -> int:
             "load1": os.getloadavg()[0],
         }
         print(results["deployment"], flush=True)
-    print(json.dumps(results, indent=1))
+    if "simulation" in results and "deployment" in results:
+        sim = statistics.median(results["simulation"]["rounds"][1:] or [float("nan")])
+        dep = statistics.median(results["deployment"]["rounds"][1:] or [float("nan")])
+        results["summary"] = {
+            "median_round_after_first_s": {"simulation": sim, "deployment": dep},
+            "deployment_overhead_per_round_s": round(dep - sim, 2),
+            "deployment_over_simulation": round(dep / sim, 2) if sim else None,
+        }
+    doc = {
+        "command": " ".join(["python -m bench.deploy_overhead", *(argv or sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "nodes": ns.nodes,
+        "rounds": ns.rounds,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **results,
+    }
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(markdown(doc))
+    print(f"wrote {out}")
     return 0
+
+
+def markdown(doc: dict) -> str:
+    """Per-round seconds both ways (round 1 extracts features; later rounds reuse the cache)."""
+    out = ["| engine | round seconds | total (s) | load (1 min) |", "| --- | --- | --- | --- |"]
+    for engine in ("simulation", "deployment"):
+        if engine in doc:
+            r = doc[engine]
+            rounds = ", ".join(f"{x:.1f}" for x in r["rounds"])
+            out.append(f"| {engine} | {rounds} | {r['total_s']} | {r['load1']:.2f} |")
+    if "summary" in doc:
+        s = doc["summary"]
+        out.append("")
+        out.append(
+            f"Median later round: deployment {s['median_round_after_first_s']['deployment']:.1f} s"
+            f" vs simulation {s['median_round_after_first_s']['simulation']:.1f} s: "
+            f"{s['deployment_overhead_per_round_s']:.1f} s overhead per round "
+            f"({s['deployment_over_simulation']}x)."
+        )
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
