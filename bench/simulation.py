@@ -420,9 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     out = Path(ns.out)
-    if out.exists() and ns.suite != "all":  # keep other suites' results
+    if out.exists() and ns.suite != "all":  # keep the other cases' results
         old = json.loads(out.read_text())
-        kept = [r for r in old.get("results", []) if r.get("suite") != ns.suite]
+        names = {r["case"] for r in results}
+        kept = [r for r in old.get("results", []) if r.get("case") not in names]
         doc["results"] = kept + results
         doc.setdefault("runs", old.get("runs", []))
     doc.setdefault("runs", [])

@@ -764,11 +764,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--preamble",
         default=None,
-        help="markdown inserted at the top (default: <out dir>/results/preamble.md when it exists)",
+        help="markdown inserted at the top (default: <plots>/preamble.md when it exists)",
+    )
+    parser.add_argument(
+        "--plots", default=None, help="directory for the PNGs (default: <out dir>/results)"
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
-    plot_dir = out.parent / "results"
+    plot_dir = Path(args.plots) if args.plots else out.parent / "results"
     pre_path = Path(args.preamble) if args.preamble else plot_dir / "preamble.md"
     preamble = pre_path.read_text() if pre_path.is_file() else ""
     runs = load_runs(args.runs)
