@@ -12,6 +12,7 @@
 #
 #   bash scripts/grid_standin.sh tune     # then read docs/results/tuning.md and set TUNED below
 #   bash scripts/grid_standin.sh test
+#   bash scripts/grid_standin.sh fullft   # fedavg-full, the communication baseline
 #   python -m task.report --runs runs --out docs/results.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +49,16 @@ test)
   "${S2[@]}" federation=ucmerced_1 split=even method=promptfl,fedrsclip
   python -m task.report --runs runs --out docs/results.md
   ;;
+fullft)
+  # The communication baseline: FedAvg of the whole image encoder + linear head (raw images, no
+  # feature cache). One local epoch (~1.1 s per 32-image step on one thread), seed 0.
+  python -m server_app.launch -m seed=0 recipe=fullft-standin "rounds=$ROUNDS" "$VAL" \
+    launch.continue_on_error=true federation=ucmerced_10 split=even method=fedavg-full \
+    ++run_config.train.epochs=1
+  python -m task.report --runs runs --out docs/results.md
+  ;;
 *)
-  echo "usage: $0 tune|test" >&2
+  echo "usage: $0 tune|test|fullft" >&2
   exit 2
   ;;
 esac

@@ -42,6 +42,7 @@ NON_SETUP_KEYS = frozenset(
         "server.num-rounds",
         "server.timeout",
         "server.min-replies",
+        "server.min-nodes",  # how many nodes must be up (1 for the centralised row)
         "data.dataset",
         "data.root",
         "data.hub-id",
