@@ -256,7 +256,7 @@ class RunStats:
     down_per_round: float
     wall_seconds: float
     steady_round_seconds: float | None  # fastest round >= 2 (caches warm, least contention)
-    train_seconds: float | None  # mean per-client training seconds per round, if recorded
+    train_seconds: float | None  # mean per-client training CPU seconds per round (r >= 2)
     clients: int
     curve: list[tuple[int, float | None, float | None, float]] = field(default_factory=list)
 
@@ -274,9 +274,10 @@ def run_stats(run: Run) -> RunStats:
     secs = [_num(m.get("round_seconds")) or 0.0 for m in rows]
     steady = [x for m, x in zip(rows, secs, strict=True) if int(m.get("round", 0)) >= 2]
     train = []
-    for m in rows:
+    later = [m for m in rows if int(m.get("round", 0)) >= 2] or rows  # round 1 extracts features
+    for m in later:
         per = [
-            _num(c.get("train_seconds"))
+            _num(c.get("train_cpu_s", c.get("train_seconds")))
             for c in (m.get("per_client") or {}).values()
             if isinstance(c, Mapping)
         ]
@@ -681,8 +682,9 @@ def render(
                     f"#### Local compute cost of the OT constraint ({f})",
                     "",
                     "Round wall time covers local training and evaluation of every client "
-                    "(simulation, sequential on this machine); per-client training seconds are "
-                    "shown when the runs record `train_seconds`.",
+                    "(simulation, 2 Ray actors on this machine); *client train s/round* is the "
+                    "mean CPU time of one client's training handler in rounds ≥ 2 "
+                    "(`train_cpu_s`, robust to other jobs on the machine).",
                     "",
                 ]
                 lines += _table(
