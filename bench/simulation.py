@@ -23,13 +23,10 @@ Results go to ``bench/results/simulation.json`` and a markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -137,28 +134,6 @@ class MemorySampler:
         self._stop.set()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_marked(marker: str) -> None:
-    """Stop the detached SuperLink (and anything else) started under our private FLWR_HOME."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [int(e.name) for e in Path("/proc").iterdir()
-                if e.name.isdigit() and marker in _cmdline(int(e.name))]  # fmt: skip
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == pid and pid != os.getpgid(0):
-                    os.killpg(pid, sig)
-                else:
-                    os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.1)
-
-
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -178,6 +153,9 @@ class Case:
 
 def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[str, Any]:
     """Run one case through the launcher; return its timings, memory and bytes."""
+    # The e2e test's helpers: free ports, and stopping what runs under a private FLWR_HOME.
+    from tests.test_e2e_simulation import _free_port, _pids_using, _stop
+
     home = work / case.name / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     runs = work / case.name / "runs"
@@ -214,7 +192,7 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
         finally:
             sampler.stop()
             thread.join()
-            _stop_marked(str(home))
+            _stop(_pids_using(str(home)))
     wall = time.perf_counter() - t0
     metrics_files = sorted(runs.glob("*/metrics.jsonl"))
     if rc != 0 or not metrics_files:

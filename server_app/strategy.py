@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,19 +230,16 @@ class SharedPromptFedAvg(FedAvg):
         if self.max_examples_ratio <= 0 or len(kept) < 2:
             return kept, []
         claims = [float(m[NUM_EXAMPLES]) for _, _, m in kept]
-        median = float(torch.tensor(claims, dtype=torch.float64).median())  # lower median
-        bound = self.max_examples_ratio * median
-        good, bad = [], []
-        for item, n in zip(kept, claims, strict=True):
-            if n > bound and item[2]["partition-id"] not in self.expected[train]:
-                reason = (
-                    f"{NUM_EXAMPLES} {n:g} > server.max-examples-ratio "
-                    f"{self.max_examples_ratio:g} x round median {median:g}"
-                )
-                bad.append((item[0], reason))
-            else:
-                good.append(item)
-        return good, bad
+        median = _lower_median(claims)
+        known = self.expected[train]
+        return _split_above(
+            kept,
+            claims,
+            self.max_examples_ratio * median,
+            lambda n: f"{NUM_EXAMPLES} {n:g} > server.max-examples-ratio "
+            f"{self.max_examples_ratio:g} x round median {median:g}",
+            exempt=lambda item: item[2]["partition-id"] in known,
+        )
 
     def _drop(self, report: RoundReport, outliers: list[tuple[Message, str]]) -> None:
         for msg, reason in outliers:
@@ -261,21 +258,16 @@ class SharedPromptFedAvg(FedAvg):
                 for k, t in tensors.items()
             )
             norms.append(math.sqrt(sq))
-        median = float(torch.tensor(norms, dtype=torch.float64).median())  # lower median
+        median = _lower_median(norms)
         if median <= 0.0:  # most clients sent the prompt back unchanged: no scale to judge by
             return kept, []
-        bound = self.max_norm_ratio * median
-        good, bad = [], []
-        for item, norm in zip(kept, norms, strict=True):
-            if norm > bound:
-                reason = (
-                    f"update norm {norm:.4g} > server.max-norm-ratio {self.max_norm_ratio:g} "
-                    f"x round median {median:.4g}"
-                )
-                bad.append((item[0], reason))
-            else:
-                good.append(item)
-        return good, bad
+        return _split_above(
+            kept,
+            norms,
+            self.max_norm_ratio * median,
+            lambda norm: f"update norm {norm:.4g} > server.max-norm-ratio "
+            f"{self.max_norm_ratio:g} x round median {median:.4g}",
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -326,6 +318,28 @@ class SharedPromptFedAvg(FedAvg):
                 **_timings(m, "eval"),
             }
         return MetricRecord(out)
+
+
+def _lower_median(values: list[float]) -> float:
+    """The lower median (an actual client's value, so one outlier cannot move it halfway)."""
+    return float(torch.tensor(values, dtype=torch.float64).median())
+
+
+def _split_above(
+    kept: list,
+    values: list[float],
+    bound: float,
+    reason: Callable[[float], str],
+    exempt: Callable[[Any], bool] = lambda item: False,
+) -> tuple[list, list[tuple[Message, str]]]:
+    """(kept items with value <= bound or exempt, [(message, reason)] for the others)."""
+    good, bad = [], []
+    for item, value in zip(kept, values, strict=True):
+        if value > bound and not exempt(item):
+            bad.append((item[0], reason(value)))
+        else:
+            good.append(item)
+    return good, bad
 
 
 def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
