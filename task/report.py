@@ -671,6 +671,17 @@ def render(
                             + "; its accuracies are missing or partial."
                         )
             lines.append("")
+            header, rows = cross_member_rows(feds[f])
+            if rows:
+                lines += [
+                    f"#### By member dataset ({f})",
+                    "",
+                    "Final accuracy (%) of each member dataset's clients, pooled over their "
+                    "test images; clients are numbered in `data.cross` order.",
+                    "",
+                ]
+                lines += _table(header, rows)
+                lines.append("")
             stem = slug(f"setup{s_index}-{f}")
             for path in plot_federation(feds[f], f, plot_dir, stem):
                 rel = path.relative_to(out.parent) if path.is_relative_to(out.parent) else path
@@ -738,6 +749,52 @@ def render(
         )
         lines.append("")
     return "\n".join(lines)
+
+
+def cross_members(cfg: Mapping[str, Any]) -> list[tuple[str, range]]:
+    """[(dataset, partition ids)] of a cross-dataset federation, in `data.cross` order."""
+    out, start = [], 0
+    for part in filter(None, (p.strip() for p in str(cfg.get("data.cross") or "").split(","))):
+        name, _, count = part.partition(":")
+        n = int(count)
+        out.append((name.strip(), range(start, start + n)))
+        start += n
+    return out
+
+
+def member_accuracy(run: Run) -> dict[str, tuple[float | None, float | None]]:
+    """Final personalised and global accuracy of each member dataset's clients, pooled over
+    their test images (num_test-weighted, as the federation-wide numbers are)."""
+    per = (run.summary or {}).get("final_per_client") or {}
+    out = {}
+    for name, ids in cross_members(run.config):
+        rows = [per.get(str(i)) for i in ids]
+        rows = [r for r in rows if isinstance(r, Mapping) and _num(r.get("num_test"))]
+        accs = []
+        for key in ("personalised_accuracy", "global_accuracy"):
+            pairs = [(_num(r.get(key)), float(r["num_test"])) for r in rows]
+            pairs = [(a, n) for a, n in pairs if a is not None]
+            total = sum(n for _, n in pairs)
+            accs.append(sum(a * n for a, n in pairs) / total if total else None)
+        out[name] = (accs[0], accs[1])
+    return out
+
+
+def cross_member_rows(groups: Mapping[str, Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per method, each member dataset's personalised / global accuracy."""
+    example = next(iter(groups.values())).runs[0]
+    names = [n for n, _ in cross_members(example.config)]
+    if not names:
+        return [], []
+    header = ["method"] + [f"{n} {k}" for n in names for k in ("pers.", "global")]
+    rows = []
+    for m in sorted(groups, key=_method_rank):
+        accs = [member_accuracy(r) for r in groups[m].runs]
+        cells = [
+            fmt_acc(a.get(n, (None, None))[i] for a in accs) for n in names for i in (0, 1)
+        ]
+        rows.append([f"`{m}`", *cells])
+    return header, rows
 
 
 def ot_cost_rows(groups: Mapping[str, Group]) -> list[list[str]]:

@@ -23,6 +23,7 @@ def make_run(
     secs: float = 10.0,
     payload: int = 8192,
     finish: bool = True,
+    per_client: dict | None = None,
     **extra,
 ) -> Path:
     cfg = {
@@ -51,7 +52,7 @@ def make_run(
                 "bytes_to_clients": 100_000,
                 "bytes_from_clients": 50_000,
                 "shared_payload_bytes": payload,
-                "per_client": {"0": {"train_seconds": secs / 2}},
+                "per_client": per_client or {"0": {"train_seconds": secs / 2}},
             }
         )
         run.save_checkpoint(r, {"shared_ctx": torch.zeros(4, 512)})
@@ -149,3 +150,37 @@ def test_a_rerun_with_the_same_seed_supersedes_the_older_run(tmp_path: Path) -> 
     assert "| `fedrsclip` | 70.00 (n=1) |" in text
     sup = text.split("## Superseded runs")[1]
     assert f"`{old.name}`" in sup and f"`{new.name}`" in sup and "50.00 (n=1)" in sup
+
+
+def test_cross_dataset_federation_reports_each_member_dataset(tmp_path: Path) -> None:
+    """Clients 0-1 are UC Merced and 2-4 AID (data.cross order); each member's accuracy is
+    pooled over its own clients' test images."""
+    runs = tmp_path / "runs"
+    per = {
+        "0": {"num_test": 10, "personalised_accuracy": 0.5, "global_accuracy": 0.4},
+        "1": {"num_test": 30, "personalised_accuracy": 0.9, "global_accuracy": 0.8},
+        "2": {"num_test": 20, "personalised_accuracy": 0.2, "global_accuracy": 0.1},
+        "3": {"num_test": 20, "personalised_accuracy": 0.4, "global_accuracy": 0.3},
+        "4": {"num_test": 0, "personalised_accuracy": 1.0, "global_accuracy": 1.0},
+    }
+    cross = {"data.cross": "ucmerced:2,aid:3", "data.num-clients": 5}
+    make_run(runs, "fedrsclip", 0, [0.3, 0.5], per_client=per, **cross)
+    make_run(runs, "promptfl", 0, [0.3, 0.4])  # an ordinary federation: no breakdown
+    out = tmp_path / "results.md"
+
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+
+    assert text.count("#### By member dataset") == 1
+    section = text[text.index("#### By member dataset") :]
+    assert "| method | ucmerced pers. | ucmerced global | aid pers. | aid global |" in section
+    # ucmerced: (0.5*10 + 0.9*30) / 40 = 80.0; global (0.4*10 + 0.8*30) / 40 = 70.0
+    # aid: (0.2*20 + 0.4*20) / 40 = 30.0 (client 4 has no test images); global 20.0
+    row = next(line for line in section.splitlines() if line.startswith("| `fedrsclip`"))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "`fedrsclip`",
+        "80.00 (n=1)",
+        "70.00 (n=1)",
+        "30.00 (n=1)",
+        "20.00 (n=1)",
+    ]
