@@ -11,6 +11,7 @@
 #      -> runs/
 #
 #   bash scripts/grid_standin.sh tune     # then read docs/results/tuning.md and set TUNED below
+#   bash scripts/grid_standin.sh tune-baselines  # the baselines' own knobs, on validation
 #   bash scripts/grid_standin.sh test
 #   bash scripts/grid_standin.sh test20   # the 20-client column (SEEDS=0,1,2 for all seeds)
 #   bash scripts/grid_standin.sh test40   # the 40-client column
@@ -42,6 +43,18 @@ tune)
   "${L[@]}" method=fedrsclip ++run_config.loss.alpha=0.1
   "${L[@]}" method=fedrsclip ++run_config.loss.beta=1.0
   "${L[@]}" method=fedrsclip ++run_config.loss.head=clip
+  python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
+  ;;
+tune-baselines)
+  # The baselines' own knobs, on validation like fedrsclip's (same protocol as `tune`):
+  # fedprox mu, fedpgp rank and contrastive weight, fedotp balanced vs unbalanced OT.
+  L=(python -m server_app.launch -m federation=ucmerced_10 split=even seed=0 "${COMMON[@]}"
+     "$VAL" ++run_config.data.holdout=val run_config.run.dir="$PWD/runs-tuning")
+  "${L[@]}" method=fedprox ++run_config.loss.prox-mu=0.001,0.01,0.1
+  "${L[@]}" method=fedpgp ++run_config.prompt.rank=1,2,4
+  "${L[@]}" method=fedpgp ++run_config.loss.pgp-weight=0.1
+  "${L[@]}" method=fedotp ++run_config.loss.ot-marginal-reg=0.0,1.0
+  "${L[@]}" method=local ++run_config.train.lr=0.003
   python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
   ;;
 test)
@@ -108,7 +121,7 @@ fullft)
   python -m task.report --runs runs --out docs/results.md
   ;;
 *)
-  echo "usage: $0 tune|test|test20|test40|ablations|central|cross|fullft" >&2
+  echo "usage: $0 tune|tune-baselines|test|test20|test40|ablations|central|cross|fullft" >&2
   exit 2
   ;;
 esac
