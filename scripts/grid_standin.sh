@@ -95,11 +95,12 @@ ablations)
   ;;
 central)
   # Centralised rows for the remaining trained methods (one client, all training data).
-  # `local` with one client is promptfl without communication, so it is not repeated.
+  # `local` with one client is promptfl without communication, so it is not repeated;
+  # zeroshot gives the reference on these test images.
   # shellcheck disable=SC2086
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_1 split=even \
-    method=fedprox,fedotp,fedpgp,fedrsclip-noot,fedrsclip-noprivate,fedrsclip-nodpa
+    method=zeroshot,fedprox,fedotp,fedpgp,fedrsclip-noot,fedrsclip-noprivate,fedrsclip-nodpa
   python -m task.report --runs runs --out docs/results.md
   ;;
 cross)

@@ -476,6 +476,78 @@ def plot_federation(
     return paths
 
 
+def scaling_series(
+    feds: Mapping[str, Mapping[str, Group]],
+) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
+    """{dataset + split: {method: [(clients, gain, std), ...]}}: final personalised accuracy
+    minus zero-shot's in the same federation (points), for non-cross federations where
+    `zeroshot` ran, and only datasets/splits that ran at two or more federation sizes.
+
+    Why relative: each client splits its own images into train and test, so a different number
+    of clients means different test images (zero-shot itself moves by several points); the gain
+    over zero-shot on the same images is what can be compared across sizes."""
+    out: dict[str, dict[str, list[tuple[int, float, float]]]] = defaultdict(dict)
+    for groups in feds.values():
+        if "zeroshot" not in groups:
+            continue
+        ref, _, _ = mean_std(st.personalised for st in groups["zeroshot"].stats)
+        cfg = groups["zeroshot"].runs[0].config
+        if ref is None or cfg.get("data.cross"):
+            continue
+        ds = str(cfg.get("data.dataset", "?"))
+        key = f"{DATASET_TITLES.get(ds, ds)} {split_label(cfg)}"
+        for m, g in groups.items():
+            mean, std, _ = mean_std(st.personalised for st in g.stats)
+            if m != "zeroshot" and mean is not None:
+                n = g.stats[0].clients
+                out[key].setdefault(m, []).append((n, 100 * (mean - ref), 100 * (std or 0.0)))
+    return {
+        k: {m: sorted(pts) for m, pts in v.items()}
+        for k, v in sorted(out.items())
+        if len({n for pts in v.values() for n, _, _ in pts}) >= 2
+    }
+
+
+def plot_scaling(
+    feds: Mapping[str, Mapping[str, Group]], out_dir: Path, stem: str
+) -> Path | None:
+    """Gain over zero-shot vs number of clients, one panel per dataset and split."""
+    series = scaling_series(feds)
+    if not series:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(5 * len(series), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    methods = sorted({m for v in series.values() for m in v}, key=_method_rank)
+    for ax, (key, by_method) in zip(axes, series.items(), strict=True):
+        for i, m in enumerate(methods):
+            if m not in by_method:
+                continue
+            xs, ys, es = zip(*by_method[m], strict=True)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{i % 10}", label=m)
+        ax.axhline(0.0, color="k", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ticks = sorted({n for pts in by_method.values() for n, _, _ in pts})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("clients (1 = centralised)")
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("personalised accuracy − zero-shot (points)")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(
+        "gain over zero-shot on the same test images vs federation size (mean ± std over seeds)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = out_dir / f"{stem}-scaling.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
 # -- markdown -----------------------------------------------------------------------------
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -593,6 +665,10 @@ def render(
                 [[f, f"`{b}`", d] for f, (b, d) in margins],
             )
             lines.append("")
+        scaling = plot_scaling(feds, plot_dir, slug(f"setup{s_index}"))
+        if scaling:
+            rel = scaling.relative_to(out.parent) if scaling.is_relative_to(out.parent) else scaling
+            lines += [f"![{scaling.stem}]({rel.as_posix()})", ""]
         for f in fed_names:
             example_f = next(iter(feds[f].values())).runs[0]
             lines += [f"### {f}", "", f"- data: {data_identity(example_f.config)}"]

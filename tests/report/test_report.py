@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from task.report import federation_label, load_runs, main, run_stats
+from task.report import (
+    app_defaults,
+    federation_label,
+    group_runs,
+    load_runs,
+    main,
+    run_stats,
+    scaling_series,
+)
 from task.run_dir import RunDir, summarise
 
 MODEL = "openai/clip-vit-base-patch16"  # a hub id: W = 512 without loading anything
@@ -184,3 +193,32 @@ def test_cross_dataset_federation_reports_each_member_dataset(tmp_path: Path) ->
         "30.00 (n=1)",
         "20.00 (n=1)",
     ]
+
+
+def test_scaling_plot_is_gain_over_zeroshot_across_sizes(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "zeroshot", 0, [0.2], payload=0)
+    make_run(runs, "promptfl", 0, [0.3, 0.5])
+    out = tmp_path / "results.md"
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "-scaling.png" not in out.read_text()  # one size: nothing to plot
+
+    n40 = {"data.num-clients": 40}
+    make_run(runs, "zeroshot", 0, [0.3], payload=0, **n40)
+    for seed, acc in enumerate([0.4, 0.5]):
+        make_run(runs, "promptfl", seed, [0.2, acc], **n40)
+    make_run(runs, "fedrsclip", 0, [0.2, 0.45], **{"data.num-clients": 20})  # no zero-shot
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "![setup1-scaling](results/setup1-scaling.png)" in out.read_text()
+    assert (tmp_path / "results" / "setup1-scaling.png").stat().st_size > 0
+
+    groups = group_runs(load_runs(runs), app_defaults())
+    (feds,) = groups.values()
+    series = scaling_series(feds)
+    assert list(series) == ["Fed-UCMerced even"]
+    (promptfl,) = [series["Fed-UCMerced even"]["promptfl"]]
+    assert [n for n, _, _ in promptfl] == [10, 40]
+    assert promptfl[0][1] == pytest.approx(30.0)  # 50% - 20% zero-shot, 10 clients
+    assert promptfl[1][1] == pytest.approx(15.0)  # mean(40, 50)% - 30%, 40 clients
+    assert promptfl[1][2] == pytest.approx(100 * 0.0707107, rel=1e-4)  # sample std
+    assert "fedrsclip" not in series["Fed-UCMerced even"]  # its federation has no zero-shot
