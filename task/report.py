@@ -674,6 +674,12 @@ def render(
             lines += [f"### {f}", "", f"- data: {data_identity(example_f.config)}"]
             ns = {st.clients for g in feds[f].values() for st in g.stats}
             lines.append(f"- clients: {', '.join(map(str, sorted(ns)))}")
+            tests = sorted({t for g in feds[f].values() for r in g.runs if (t := num_test(r))})
+            if tests:
+                lines.append(
+                    f"- test images (pooled over clients): {', '.join(map(str, tests))}"
+                    f" — one image = {100 / tests[0]:.2f} points"
+                )
             lines.append("")
             rows = []
             for m in sorted(feds[f], key=_method_rank):
@@ -825,6 +831,12 @@ def render(
         )
         lines.append("")
     return "\n".join(lines)
+
+
+def num_test(run: Run) -> int:
+    """Test images pooled over the clients of a run's final round (0 when not recorded)."""
+    per = (run.summary or {}).get("final_per_client") or {}
+    return int(sum(_num(c.get("num_test")) or 0 for c in per.values() if isinstance(c, Mapping)))
 
 
 def cross_members(cfg: Mapping[str, Any]) -> list[tuple[str, range]]:

@@ -181,6 +181,7 @@ def test_cross_dataset_federation_reports_each_member_dataset(tmp_path: Path) ->
     text = out.read_text()
 
     assert text.count("#### By member dataset") == 1
+    assert "- test images (pooled over clients): 80 — one image = 1.25 points" in text
     section = text[text.index("#### By member dataset") :]
     assert "| method | ucmerced pers. | ucmerced global | aid pers. | aid global |" in section
     # ucmerced: (0.5*10 + 0.9*30) / 40 = 80.0; global (0.4*10 + 0.8*30) / 40 = 70.0
