@@ -52,6 +52,7 @@ NON_SETUP_KEYS = frozenset(
         "data.cross-roots",
         "data.cross-aliases",
         "data.partitioner",
+        "data.seed",  # the partition seed: part of the federation label, not the setup
         "data.alpha",
         "data.classes-per-client",
         "data.min-client-size",
@@ -140,12 +141,17 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
 
 # -- labels -------------------------------------------------------------------------------
 def split_label(cfg: Mapping[str, Any]) -> str:
+    """e.g. ``Dir(0.1)``; a non-default partition seed (``data.seed``) is its own split, since
+    it draws other clients and other test images (``Dir(0.1) part. 1``)."""
     part = cfg.get("data.partitioner", "even")
     if part == "dirichlet":
-        return f"Dir({cfg.get('data.alpha')})"
-    if part == "pathological":
-        return f"{cfg.get('data.classes-per-client')} classes/client"
-    return str(part)
+        label = f"Dir({cfg.get('data.alpha')})"
+    elif part == "pathological":
+        label = f"{cfg.get('data.classes-per-client')} classes/client"
+    else:
+        label = str(part)
+    data_seed = int(cfg.get("data.seed", 0) or 0)
+    return f"{label} part. {data_seed}" if data_seed else label
 
 
 def federation_label(cfg: Mapping[str, Any]) -> str:

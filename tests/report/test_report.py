@@ -130,6 +130,21 @@ def test_run_stats_and_labels(tmp_path: Path) -> None:
     assert federation_label({"data.dataset": "optimal-31", "data.num-clients": 40}) == (
         "Fed-Optimal 40c even"
     )
+    other_partition = {**cfg, "data.cross": "", "data.dataset": "ucmerced", "data.seed": 2}
+    other_partition["data.num-clients"] = 10
+    assert federation_label(other_partition) == "Fed-UCMerced 10c Dir(0.1) part. 2"
+
+
+def test_another_partition_seed_is_another_column_of_the_same_setup(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "promptfl", 0, [0.3, 0.5])
+    make_run(runs, "promptfl", 0, [0.3, 0.6], **{"data.seed": 1})
+    out = tmp_path / "results.md"
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Setup 2" not in text and "Superseded" not in text
+    assert "| `promptfl` | 50.00 (n=1) | 60.00 (n=1) |" in text
+    assert "| method | Fed-UCMerced 10c even | Fed-UCMerced 10c even part. 1 |" in text
 
 
 def test_key_added_later_does_not_split_a_setup(tmp_path: Path) -> None:
