@@ -16,6 +16,7 @@
 #   bash scripts/grid_standin.sh test20   # the 20-client column (SEEDS=0,1,2 for all seeds)
 #   bash scripts/grid_standin.sh test40   # the 40-client column
 #   bash scripts/grid_standin.sh ablations  # fedprox and the ablations, both splits, 3 seeds
+#   bash scripts/grid_standin.sh rest2040  # fedprox and the other ablations at 20 and 40 clients
 #   bash scripts/grid_standin.sh splits   # Dirichlet(0.1) redrawn: partition seeds 1 and 2
 #   bash scripts/grid_standin.sh central  # centralised rows for the other trained methods
 #   bash scripts/grid_standin.sh cross    # the cross-dataset federation (UC Merced + AID)
@@ -94,6 +95,14 @@ ablations)
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
   python -m task.report --runs runs --out docs/results.md
   ;;
+rest2040)
+  # fedprox and the two remaining ablations at 20 and 40 clients, both splits (SEEDS, default 0).
+  # shellcheck disable=SC2086
+  python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
+    federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
+    method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
+  python -m task.report --runs runs --out docs/results.md
+  ;;
 splits)
   # Severe label skew on other partitions: Dirichlet(0.1) redrawn with data.seed 1 and 2 (the
   # other stages vary only the training seed on partition 0). Each is its own report column.
@@ -132,7 +141,7 @@ fullft)
   python -m task.report --runs runs --out docs/results.md
   ;;
 *)
-  echo "usage: $0 tune|tune-baselines|test|test20|test40|ablations|splits|central|cross|fullft" >&2
+  echo "usage: $0 tune|tune-baselines|test|test20|test40|ablations|rest2040|splits|central|cross|fullft" >&2
   exit 2
   ;;
 esac
