@@ -12,6 +12,7 @@
 #
 #   bash scripts/grid_standin.sh tune     # then read docs/results/tuning.md and set TUNED below
 #   bash scripts/grid_standin.sh tune-baselines  # the baselines' own knobs, on validation
+#   bash scripts/grid_standin.sh tune-skew  # fedrsclip's alpha/gamma on validation, Dirichlet(0.1)
 #   bash scripts/grid_standin.sh test
 #   bash scripts/grid_standin.sh test20   # the 20-client column (SEEDS=0,1,2 for all seeds)
 #   bash scripts/grid_standin.sh test40   # the 40-client column
@@ -57,6 +58,20 @@ tune-baselines)
   "${L[@]}" method=fedpgp ++run_config.loss.pgp-weight=0.1
   "${L[@]}" method=fedotp ++run_config.loss.ot-marginal-reg=0.0,1.0
   "${L[@]}" method=local ++run_config.train.lr=0.003
+  python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
+  ;;
+tune-skew)
+  # fedrsclip's personalisation knobs on validation under severe label skew (Dirichlet(0.1)),
+  # with `local` as the reference: DPA weight alpha (which pulls the private prompt towards the
+  # shared one) and global-CE weight gamma.
+  L=(python -m server_app.launch -m federation=ucmerced_10 split=dirichlet0.1 seed=0
+     "${COMMON[@]}" "$VAL" ++run_config.data.holdout=val run_config.run.dir="$PWD/runs-tuning")
+  # shellcheck disable=SC2086
+  "${L[@]}" $TUNED method=local,fedrsclip
+  # shellcheck disable=SC2086
+  "${L[@]}" $TUNED method=fedrsclip ++run_config.loss.alpha=0.0,0.1
+  # shellcheck disable=SC2086
+  "${L[@]}" $TUNED method=fedrsclip ++run_config.loss.gamma=0.1
   python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
   ;;
 test)
@@ -141,7 +156,7 @@ fullft)
   python -m task.report --runs runs --out docs/results.md
   ;;
 *)
-  echo "usage: $0 tune|tune-baselines|test|test20|test40|ablations|rest2040|splits|central|cross|fullft" >&2
+  echo "usage: $0 tune|tune-baselines|tune-skew|test|test20|test40|ablations|rest2040|splits|central|cross|fullft" >&2
   exit 2
   ;;
 esac
