@@ -44,7 +44,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from task.config import ConfigError
-from task.federated import default_run_name, parse_app_config
+from task.federated import default_run_name, legacy_run_name, parse_app_config
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Keys holding a local path; made absolute because the SuperLink may run in another directory.
@@ -120,6 +120,11 @@ def composed_flat(cfg: DictConfig, base: Path) -> dict[str, Any]:
         except ConfigError:  # pyproject.toml and task/config.py out of step: let the app say so
             parsed = parse_app_config(flat)
         flat["run.name"] = default_run_name(parsed)
+        runs_dir = Path(str(merged.get("run.dir") or "runs"))
+        runs_dir = runs_dir if runs_dir.is_absolute() else base / runs_dir
+        legacy = legacy_run_name(parsed)
+        if not (runs_dir / flat["run.name"]).exists() and (runs_dir / legacy).exists():
+            flat["run.name"] = legacy  # started before cache locations left the name
     return flat
 
 

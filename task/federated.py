@@ -219,13 +219,29 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return float(value) if hint is float else value
 
 
-def default_run_name(cfg: AppConfig) -> str:
-    """Readable and stable: re-running the same command resumes the same directory."""
+# Where caches live changes no result (their entries are keyed by content), so it is not
+# part of a run's identity: moving a cache must not orphan the runs that used it.
+CACHE_LOCATION_KEYS = ("cache.dir", "data.cache-dir")
+
+
+def _run_name(cfg: AppConfig, ignore: tuple[str, ...]) -> str:
     flat = {k: v for k, v in cfg.to_flat().items() if not k.startswith(("run.", "client."))}
-    flat.pop("server.num-rounds", None)
+    for key in ("server.num-rounds", *ignore):
+        flat.pop(key, None)
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
     d, seed = cfg.core.data, cfg.core.train.seed
     return f"{d.dataset}-{cfg.core.method.name}-{d.num_clients}c-s{seed}-{digest[:6]}"
+
+
+def default_run_name(cfg: AppConfig) -> str:
+    """Readable and stable: re-running the same command resumes the same directory, wherever
+    the caches are."""
+    return _run_name(cfg, CACHE_LOCATION_KEYS)
+
+
+def legacy_run_name(cfg: AppConfig) -> str:
+    """The name before cache locations left the digest; the launcher still finds such runs."""
+    return _run_name(cfg, ())
 
 
 # -- per-process caches (a simulation actor serves many clients and rounds) -----------------

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from server_app import launch as launch_mod
 from server_app.launch import CONF_DIR, app_defaults, composed_flat, launch_job, run_state
-from task.federated import default_run_name, parse_app_config
+from task.federated import default_run_name, legacy_run_name, parse_app_config
 from task.run_dir import RunDir, summarise
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,3 +146,32 @@ def test_grid_presets_cover_the_paper() -> None:
         pf = compose(config_name="config", overrides=["method=promptfl", "rounds=7", "seed=2"])
     assert zs.run_config.server["num-rounds"] == 1  # no training: one evaluation round
     assert pf.run_config.server["num-rounds"] == 7 and pf.run_config.train.seed == 2
+
+
+def test_cache_location_is_not_part_of_the_run_name(tmp_path: Path) -> None:
+    """Moving the caches keeps the run; a run named the older way (cache paths in the digest)
+    is still found and resumed instead of started again."""
+    common = ("federation=ucmerced_10", "method=promptfl", "rounds=3")
+    here = composed_flat(cfg_for(tmp_path, *common), REPO)
+    moved = composed_flat(
+        cfg_for(
+            tmp_path,
+            *common,
+            f"run_config.cache.dir={tmp_path / 'elsewhere'}",
+            f"run_config.data.cache-dir={tmp_path / 'elsewhere2'}",
+        ),
+        REPO,
+    )
+    assert moved["cache.dir"] != here["cache.dir"]
+    assert moved["run.name"] == here["run.name"]
+    lr = composed_flat(cfg_for(tmp_path, *common, "++run_config.train.lr=0.5"), REPO)
+    assert lr["run.name"] != here["run.name"]  # what changes results still changes the name
+
+    merged = {**app_defaults(REPO), **{k: v for k, v in here.items() if k != "run.name"}}
+    legacy = legacy_run_name(parse_app_config(merged))
+    assert legacy != here["run.name"]
+    write_run(tmp_path / "runs", legacy, here, 2, finish=False)
+    assert composed_flat(cfg_for(tmp_path, *common), REPO)["run.name"] == legacy
+    # once a run exists under the current name, that one wins
+    write_run(tmp_path / "runs", here["run.name"], here, 1, finish=False)
+    assert composed_flat(cfg_for(tmp_path, *common), REPO)["run.name"] == here["run.name"]
