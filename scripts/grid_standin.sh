@@ -23,7 +23,7 @@
 #   bash scripts/grid_standin.sh central  # centralised rows for the other trained methods
 #   bash scripts/grid_standin.sh cross    # the cross-dataset federation (UC Merced + AID)
 #   bash scripts/grid_standin.sh fullft   # fedavg-full, the communication baseline
-#   python -m task.report --runs runs --out docs/results.md
+#   python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -85,18 +85,18 @@ test)
   "${S2[@]}" federation=ucmerced_10 split=even method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
   # Centralised rows: one client holds all the training data.
   "${S2[@]}" federation=ucmerced_1 split=even method=promptfl,fedrsclip
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 test-skew)
   # fedrsclip with the DPA weight chosen on Dirichlet(0.1) validation (`tune-skew`: alpha 0.1),
   # on the test splits: 10 clients x both splits x 3 seeds, 20 and 40 clients Dirichlet seed 0.
-  # It is its own setup in the report (loss.alpha differs); compare it with Setup 1's rows.
+  # The report (--variant-keys loss.alpha) shows it as its own row beside the default ones.
   # shellcheck disable=SC2086
   L=(python -m server_app.launch -m "${COMMON[@]}" "$VAL" $TUNED ++run_config.loss.alpha=0.1
      method=fedrsclip)
   "${L[@]}" seed=0,1,2 federation=ucmerced_10 split=even,dirichlet0.1
   "${L[@]}" seed=0 federation=ucmerced_20,ucmerced_40 split=dirichlet0.1
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 test20)
   # The 20-client column. SEEDS=0,1,2 for all three seeds (the default, seed 0, ran first).
@@ -104,7 +104,7 @@ test20)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_20 split=even,dirichlet0.1 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 test40)
   # The 40-client column (2-3 images per class per client). SEEDS as for test20.
@@ -112,7 +112,7 @@ test40)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_40 split=even,dirichlet0.1 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 ablations)
   # The rest of the ablations (and fedprox) on 10 clients: both splits, 3 seeds.
@@ -120,7 +120,7 @@ ablations)
   python -m server_app.launch -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_10 split=even,dirichlet0.1 \
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 rest2040)
   # fedprox and the two remaining ablations at 20 and 40 clients, both splits (SEEDS, default 0).
@@ -128,7 +128,7 @@ rest2040)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 splits)
   # Severe label skew on other partitions: Dirichlet(0.1) redrawn with data.seed 1 and 2 (the
@@ -137,7 +137,7 @@ splits)
   python -m server_app.launch -m seed=0 "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_10 split=dirichlet0.1 ++run_config.data.seed=1,2 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 central)
   # Centralised rows for the remaining trained methods (one client, all training data).
@@ -147,7 +147,7 @@ central)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_1 split=even \
     method=zeroshot,fedprox,fedotp,fedpgp,fedrsclip-noot,fedrsclip-noprivate,fedrsclip-nodpa
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 cross)
   # Cross-dataset federation: 5 UC Merced clients + 5 AID clients, one harmonised label space.
@@ -157,7 +157,7 @@ cross)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=cross_ucm_aid split=even \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 fullft)
   # The communication baseline: FedAvg of the whole image encoder + linear head (raw images, no
@@ -165,7 +165,7 @@ fullft)
   python -m server_app.launch -m seed=0 recipe=fullft-standin "rounds=$ROUNDS" "$VAL" \
     launch.continue_on_error=true federation=ucmerced_10 split=even method=fedavg-full \
     ++run_config.train.epochs=1
-  python -m task.report --runs runs --out docs/results.md
+  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 *)
   echo "usage: $0 tune|tune-baselines|tune-skew|test|test-skew|test20|test40|ablations|rest2040|splits|central|cross|fullft" >&2

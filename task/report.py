@@ -359,12 +359,16 @@ def missing_keys(run: Run, defaults: Mapping[str, Any]) -> list[str]:
 
 
 def group_runs(
-    runs: Sequence[Run], defaults: Mapping[str, Any] | None = None
+    runs: Sequence[Run],
+    defaults: Mapping[str, Any] | None = None,
+    variant_keys: Sequence[str] = (),
 ) -> dict[str, dict[str, dict[str, Group]]]:
     """setup -> federation -> method -> Group (complete runs only).
 
     A key missing from an older run's config is taken at its current default, so adding a
     config key to the app does not split otherwise identical runs into separate setups.
+    A *variant key* (e.g. ``loss.alpha``) off its default does not start a new setup: the run
+    becomes a method row of its own, ``fedrsclip (loss.alpha=0.1)``, beside the default ones.
     """
     defaults = defaults or {}
     out: dict[str, dict[str, dict[str, Group]]] = defaultdict(lambda: defaultdict(dict))
@@ -372,7 +376,14 @@ def group_runs(
         if not run.complete:
             continue
         filled = {**{k: defaults[k] for k in missing_keys(run, defaults)}, **run.config}
-        s, f, m = setup_key(filled), federation_label(run.config), run.method
+        off = [
+            f"{k}={filled[k]}"
+            for k in variant_keys
+            if k in filled and k in defaults and _norm(filled[k]) != _norm(defaults[k])
+        ]
+        m = f"{run.method} ({', '.join(off)})" if off else run.method
+        setup_cfg = {**filled, **{k: defaults[k] for k in variant_keys if k in defaults}}
+        s, f = setup_key(setup_cfg), federation_label(run.config)
         g = out[s][f].setdefault(m, Group(s, f, m, [], []))
         same_seed = [r for r in g.runs if r.seed == run.seed]
         if same_seed:  # a rerun of the same experiment: the newest counts, the other is listed
@@ -394,7 +405,8 @@ def _finished_at(run: Run) -> float:
 
 
 def _method_rank(name: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), name)
+    base = name.split(" (")[0]  # a variant row sorts after its method
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), name)
 
 
 def slug(text: str) -> str:
@@ -580,20 +592,24 @@ def setup_description(example: Run, defaults: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def fedrsclip_margin(groups: Mapping[str, Group]) -> tuple[str, str] | None:
-    """(best baseline, signed margin in points) of fedrsclip's final personalised accuracy."""
-    if "fedrsclip" not in groups:
-        return None
-    ours, _, _ = mean_std(st.personalised for st in groups["fedrsclip"].stats)
+def fedrsclip_margins(groups: Mapping[str, Group]) -> list[tuple[str, str, str]]:
+    """[(fedrsclip row, best baseline, signed margin in points)] of final personalised
+    accuracy, for ``fedrsclip`` and each of its variant rows."""
     best = None
     for m in BASELINES:
         if m in groups:
             acc, _, _ = mean_std(st.personalised for st in groups[m].stats)
             if acc is not None and (best is None or acc > best[1]):
                 best = (m, acc)
-    if ours is None or best is None:
-        return None
-    return best[0], f"{100 * (ours - best[1]):+.2f}"
+    if best is None:
+        return []
+    out = []
+    for m in sorted(groups, key=_method_rank):
+        if m == "fedrsclip" or m.startswith("fedrsclip ("):
+            ours, _, _ = mean_std(st.personalised for st in groups[m].stats)
+            if ours is not None:
+                out.append((m, best[0], f"{100 * (ours - best[1]):+.2f}"))
+    return out
 
 
 def render(
@@ -602,11 +618,12 @@ def render(
     preamble: str = "",
     plot_dir: Path | None = None,
     defaults: Mapping[str, Any] | None = None,
+    variant_keys: Sequence[str] = (),
 ) -> str:
     """The markdown report; writes the PNGs under ``plot_dir`` (default ``<out dir>/results``)."""
     defaults = app_defaults() if defaults is None else defaults
     plot_dir = plot_dir or out.parent / "results"
-    grouped = group_runs(runs, defaults)
+    grouped = group_runs(runs, defaults, variant_keys)
     lines = [
         "# Results",
         "",
@@ -656,8 +673,7 @@ def render(
                 rows.append([f"`{m}`", *cells])
             lines += _table(["method", *fed_names], rows)
             lines.append("")
-        margins = [(f, fedrsclip_margin(feds[f])) for f in fed_names]
-        margins = [(f, m) for f, m in margins if m]
+        margins = [(f, *row) for f in fed_names for row in fedrsclip_margins(feds[f])]
         if margins:
             lines += [
                 "### FedRSCLIP vs the best baseline (personalised, points)",
@@ -667,8 +683,8 @@ def render(
                 "",
             ]
             lines += _table(
-                ["federation", "best baseline", "fedrsclip − best"],
-                [[f, f"`{b}`", d] for f, (b, d) in margins],
+                ["federation", "FedRSCLIP row", "best baseline", "FedRSCLIP − best"],
+                [[f, f"`{m}`", f"`{b}`", d] for f, m, b, d in margins],
             )
             lines.append("")
         scaling = plot_scaling(feds, plot_dir, slug(f"setup{s_index}"))
@@ -923,6 +939,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--plots", default=None, help="directory for the PNGs (default: <out dir>/results)"
     )
+    parser.add_argument(
+        "--variant-keys",
+        default="",
+        help="comma-separated config keys that, off their default, make a method row of their "
+        "own in the same setup instead of a new setup (e.g. loss.alpha)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     plot_dir = Path(args.plots) if args.plots else out.parent / "results"
@@ -930,7 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     preamble = pre_path.read_text() if pre_path.is_file() else ""
     runs = load_runs(args.runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = render(runs, out, preamble, plot_dir)
+    variants = [k.strip() for k in args.variant_keys.split(",") if k.strip()]
+    text = render(runs, out, preamble, plot_dir, variant_keys=variants)
     out.write_text(text + "\n")
     print(f"wrote {out} ({sum(r.complete for r in runs)} complete runs of {len(runs)})")
     return 0

@@ -95,7 +95,7 @@ def test_report_tables_plots_and_honest_margins(tmp_path: Path) -> None:
     assert "| `promptfl` | 71.00 ± 1.41 |" in text
     assert "| `zeroshot` | 20.00 (n=1) |" in text
     # fedrsclip loses to promptfl by 9 points and the report says so
-    assert "| Fed-UCMerced 10c even | `promptfl` | -9.00 |" in text
+    assert "| Fed-UCMerced 10c even | `fedrsclip` | `promptfl` | -9.00 |" in text
     # registry count (h x W = 4 x 512) and measured payload; zero for zeroshot/local
     assert "| 2,048 | 8,192 | 50,000 | 100,000 |" in text
     assert "| `local` | 0 | 3 | 58.00 (n=1) | — |" in text
@@ -238,3 +238,23 @@ def test_scaling_plot_is_gain_over_zeroshot_across_sizes(tmp_path: Path) -> None
     assert promptfl[1][1] == pytest.approx(15.0)  # mean(40, 50)% - 30%, 40 clients
     assert promptfl[1][2] == pytest.approx(100 * 0.0707107, rel=1e-4)  # sample std
     assert "fedrsclip" not in series["Fed-UCMerced even"]  # its federation has no zero-shot
+
+
+def test_variant_key_makes_a_method_row_not_a_setup(tmp_path: Path) -> None:
+    """--variant-keys loss.alpha: a fedrsclip run with alpha off its default sits beside the
+    default rows (same setup) as its own method, with its own margin to the best baseline."""
+    runs = tmp_path / "runs"
+    make_run(runs, "promptfl", 0, [0.3, 0.5])
+    make_run(runs, "fedrsclip", 0, [0.3, 0.4])
+    make_run(runs, "fedrsclip", 0, [0.3, 0.6], **{"loss.alpha": 0.1})
+    out = tmp_path / "results.md"
+
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "## Setup 2" in out.read_text()  # without the flag: another setup
+
+    assert main(["--runs", str(runs), "--out", str(out), "--variant-keys", "loss.alpha"]) == 0
+    text = out.read_text()
+    assert "## Setup 2" not in text and "Superseded" not in text
+    assert "| `fedrsclip (loss.alpha=0.1)` | 60.00 (n=1) |" in text
+    assert "| Fed-UCMerced 10c even | `fedrsclip` | `promptfl` | -10.00 |" in text
+    assert "| Fed-UCMerced 10c even | `fedrsclip (loss.alpha=0.1)` | `promptfl` | +10.00 |" in text
