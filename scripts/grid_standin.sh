@@ -58,7 +58,7 @@ tune-baselines)
   "${L[@]}" method=fedpgp ++run_config.prompt.rank=1,2,4
   "${L[@]}" method=fedpgp ++run_config.loss.pgp-weight=0.1
   "${L[@]}" method=fedotp ++run_config.loss.ot-marginal-reg=0.0,1.0
-  "${L[@]}" method=local ++run_config.train.lr=0.003
+  "${L[@]}" method=local ++run_config.train.lr=0.003,0.01
   python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
   ;;
 tune-skew)
