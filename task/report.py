@@ -608,7 +608,8 @@ def fedrsclip_margins(groups: Mapping[str, Group]) -> list[tuple[str, str, str]]
         if m == "fedrsclip" or m.startswith("fedrsclip ("):
             ours, _, _ = mean_std(st.personalised for st in groups[m].stats)
             if ours is not None:
-                out.append((m, best[0], f"{100 * (ours - best[1]):+.2f}"))
+                diff = 100 * (ours - best[1])
+                out.append((m, best[0], f"{diff:+.2f}" if abs(diff) >= 0.005 else "0.00 (tie)"))
     return out
 
 

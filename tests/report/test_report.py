@@ -247,6 +247,7 @@ def test_variant_key_makes_a_method_row_not_a_setup(tmp_path: Path) -> None:
     make_run(runs, "promptfl", 0, [0.3, 0.5])
     make_run(runs, "fedrsclip", 0, [0.3, 0.4])
     make_run(runs, "fedrsclip", 0, [0.3, 0.6], **{"loss.alpha": 0.1})
+    make_run(runs, "fedrsclip", 0, [0.3, 0.5], **{"loss.alpha": 0.0})
     out = tmp_path / "results.md"
 
     assert main(["--runs", str(runs), "--out", str(out)]) == 0
@@ -258,3 +259,5 @@ def test_variant_key_makes_a_method_row_not_a_setup(tmp_path: Path) -> None:
     assert "| `fedrsclip (loss.alpha=0.1)` | 60.00 (n=1) |" in text
     assert "| Fed-UCMerced 10c even | `fedrsclip` | `promptfl` | -10.00 |" in text
     assert "| Fed-UCMerced 10c even | `fedrsclip (loss.alpha=0.1)` | `promptfl` | +10.00 |" in text
+    tie = "| Fed-UCMerced 10c even | `fedrsclip (loss.alpha=0.0)` | `promptfl` | 0.00 (tie) |"
+    assert tie in text
