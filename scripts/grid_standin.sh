@@ -89,13 +89,15 @@ test)
   ;;
 test-skew)
   # fedrsclip with the DPA weight chosen on Dirichlet(0.1) validation (`tune-skew`: alpha 0.1),
-  # on the test splits: 10 clients x both splits x 3 seeds, 20 and 40 clients Dirichlet seed 0.
+  # on the test splits: 10 clients x both splits x 3 seeds, 20 and 40 clients seed 0, and the
+  # two redrawn Dirichlet partitions of `splits`.
   # The report (--variant-keys loss.alpha) shows it as its own row beside the default ones.
   # shellcheck disable=SC2086
   L=(python -m server_app.launch -m "${COMMON[@]}" "$VAL" $TUNED ++run_config.loss.alpha=0.1
      method=fedrsclip)
   "${L[@]}" seed=0,1,2 federation=ucmerced_10 split=even,dirichlet0.1
-  "${L[@]}" seed=0 federation=ucmerced_20,ucmerced_40 split=dirichlet0.1
+  "${L[@]}" seed=0 federation=ucmerced_20,ucmerced_40 split=dirichlet0.1,even
+  "${L[@]}" seed=0 federation=ucmerced_10 split=dirichlet0.1 ++run_config.data.seed=1,2
   python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 test20)
