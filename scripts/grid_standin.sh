@@ -155,11 +155,11 @@ cross)
   # Cross-dataset federation: 5 UC Merced clients + 5 AID clients, one harmonised label space.
   # The stand-in was pretrained on AID, so its AID clients are not a fair test; the report
   # gives the UC Merced clients' accuracy on its own. A trained run costs ~8 min here (each AID
-  # client holds 1,600 training images), so only these methods ran; a fedotp run was stopped
+  # client holds 1,600 training images), so only these methods ran; a fedpgp run was stopped
   # for time and is listed as incomplete.
   # shellcheck disable=SC2086
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
-    federation=cross_ucm_aid split=even method=zeroshot,local,promptfl,fedrsclip
+    federation=cross_ucm_aid split=even method=zeroshot,local,promptfl,fedotp,fedrsclip
   python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
   ;;
 fullft)
