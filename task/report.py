@@ -535,6 +535,7 @@ def plot_scaling(
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(5 * len(series), 4))
@@ -551,6 +552,7 @@ def plot_scaling(
         ax.set_xscale("log")
         ticks = sorted({n for pts in by_method.values() for n, _, _ in pts})
         ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no "3x10^1" between the sizes
         ax.set_xlabel("clients (1 = centralised)")
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
