@@ -38,6 +38,11 @@ COMMON=(recipe=standin "rounds=$ROUNDS" launch.continue_on_error=true ${GRID_OVE
 # head is not fixed (fedrsclip, -noprivate, -nodpa; docs/method.md).
 TUNED=${TUNED:-++run_config.loss.head=clip}
 
+report() { python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha; }
+tuning_report() {
+  python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
+}
+
 case "${1:-}" in
 tune)
   L=(python -m server_app.launch -m federation=ucmerced_10 split=even seed=0 "${COMMON[@]}"
@@ -47,7 +52,7 @@ tune)
   "${L[@]}" method=fedrsclip ++run_config.loss.alpha=0.1
   "${L[@]}" method=fedrsclip ++run_config.loss.beta=1.0
   "${L[@]}" method=fedrsclip ++run_config.loss.head=clip
-  python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
+  tuning_report
   ;;
 tune-baselines)
   # The baselines' own knobs, on validation like fedrsclip's (same protocol as `tune`):
@@ -59,7 +64,7 @@ tune-baselines)
   "${L[@]}" method=fedpgp ++run_config.loss.pgp-weight=0.1
   "${L[@]}" method=fedotp ++run_config.loss.ot-marginal-reg=0.0,1.0
   "${L[@]}" method=local ++run_config.train.lr=0.003,0.01
-  python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
+  tuning_report
   ;;
 tune-skew)
   # fedrsclip's personalisation knobs on validation under severe label skew (Dirichlet(0.1)),
@@ -73,7 +78,7 @@ tune-skew)
   "${L[@]}" $TUNED method=fedrsclip ++run_config.loss.alpha=0.0,0.1
   # shellcheck disable=SC2086
   "${L[@]}" $TUNED method=fedrsclip ++run_config.loss.gamma=0.1
-  python -m task.report --runs runs-tuning --out docs/results/tuning.md --plots docs/results/tuning
+  tuning_report
   ;;
 test)
   # shellcheck disable=SC2086  # TUNED holds several overrides
@@ -85,7 +90,7 @@ test)
   "${S2[@]}" federation=ucmerced_10 split=even method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
   # Centralised rows: one client holds all the training data.
   "${S2[@]}" federation=ucmerced_1 split=even method=promptfl,fedrsclip
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 test-skew)
   # fedrsclip with the DPA weight chosen on Dirichlet(0.1) validation (`tune-skew`: alpha 0.1),
@@ -98,7 +103,7 @@ test-skew)
   "${L[@]}" seed=0,1,2 federation=ucmerced_10 split=even,dirichlet0.1
   "${L[@]}" seed=0 federation=ucmerced_20,ucmerced_40 split=dirichlet0.1,even
   "${L[@]}" seed=0 federation=ucmerced_10 split=dirichlet0.1 ++run_config.data.seed=1,2
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 test20)
   # The 20-client column. SEEDS=0,1,2 for all three seeds (the default, seed 0, ran first).
@@ -106,7 +111,7 @@ test20)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_20 split=even,dirichlet0.1 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 test40)
   # The 40-client column (2-3 images per class per client). SEEDS as for test20.
@@ -114,7 +119,7 @@ test40)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_40 split=even,dirichlet0.1 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 ablations)
   # The rest of the ablations (and fedprox) on 10 clients: both splits, 3 seeds.
@@ -122,7 +127,7 @@ ablations)
   python -m server_app.launch -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_10 split=even,dirichlet0.1 \
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 rest2040)
   # fedprox and the two remaining ablations at 20 and 40 clients, both splits (SEEDS, default 0).
@@ -130,7 +135,7 @@ rest2040)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 splits)
   # Severe label skew on other partitions: Dirichlet(0.1) redrawn with data.seed 1 and 2 (the
@@ -139,7 +144,7 @@ splits)
   python -m server_app.launch -m seed=0 "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_10 split=dirichlet0.1 ++run_config.data.seed=1,2 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 central)
   # Centralised rows for the remaining trained methods (one client, all training data).
@@ -149,7 +154,7 @@ central)
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_1 split=even \
     method=zeroshot,fedprox,fedotp,fedpgp,fedrsclip-noot,fedrsclip-noprivate,fedrsclip-nodpa
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 cross)
   # Cross-dataset federation: 5 UC Merced clients + 5 AID clients, one harmonised label space.
@@ -160,7 +165,7 @@ cross)
   # shellcheck disable=SC2086
   python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=cross_ucm_aid split=even method=zeroshot,local,promptfl,fedotp,fedrsclip
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 fullft)
   # The communication baseline: FedAvg of the whole image encoder + linear head (raw images, no
@@ -168,7 +173,7 @@ fullft)
   python -m server_app.launch -m seed=0 recipe=fullft-standin "rounds=$ROUNDS" "$VAL" \
     launch.continue_on_error=true federation=ucmerced_10 split=even method=fedavg-full \
     ++run_config.train.epochs=1
-  python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+  report
   ;;
 *)
   echo "usage: $0 tune|tune-baselines|tune-skew|test|test-skew|test20|test40|ablations|rest2040|splits|central|cross|fullft" >&2

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from task.data.config import parse_cross
 from task.hashing import file_sha256
 from task.methods import METHODS, get_method, prompt_numel
 
@@ -404,8 +405,13 @@ def _finished_at(run: Run) -> float:
     return path.stat().st_mtime if path.is_file() else 0.0
 
 
+def base_method(label: str) -> str:
+    """``fedrsclip (loss.alpha=0.1)`` -> ``fedrsclip`` (the method of a variant row)."""
+    return label.split(" (")[0]
+
+
 def _method_rank(name: str) -> tuple[int, str]:
-    base = name.split(" (")[0]  # a variant row sorts after its method
+    base = base_method(name)  # a variant row sorts after its method
     return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), name)
 
 
@@ -569,6 +575,12 @@ def plot_scaling(
 
 
 # -- markdown -----------------------------------------------------------------------------
+def image_link(path: Path, out: Path) -> str:
+    """Markdown image, relative to the report when the PNG lies beside it."""
+    rel = path.relative_to(out.parent) if path.is_relative_to(out.parent) else path
+    return f"![{path.stem}]({rel.as_posix()})"
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -607,7 +619,7 @@ def fedrsclip_margins(groups: Mapping[str, Group]) -> list[tuple[str, str, str]]
         return []
     out = []
     for m in sorted(groups, key=_method_rank):
-        if m == "fedrsclip" or m.startswith("fedrsclip ("):
+        if base_method(m) == "fedrsclip":
             ours, _, _ = mean_std(st.personalised for st in groups[m].stats)
             if ours is not None:
                 diff = 100 * (ours - best[1])
@@ -692,8 +704,7 @@ def render(
             lines.append("")
         scaling = plot_scaling(feds, plot_dir, slug(f"setup{s_index}"))
         if scaling:
-            rel = scaling.relative_to(out.parent) if scaling.is_relative_to(out.parent) else scaling
-            lines += [f"![{scaling.stem}]({rel.as_posix()})", ""]
+            lines += [image_link(scaling, out), ""]
         for f in fed_names:
             example_f = next(iter(feds[f].values())).runs[0]
             lines += [f"### {f}", "", f"- data: {data_identity(example_f.config)}"]
@@ -791,8 +802,7 @@ def render(
                 lines.append("")
             stem = slug(f"setup{s_index}-{f}")
             for path in plot_federation(feds[f], f, plot_dir, stem):
-                rel = path.relative_to(out.parent) if path.is_relative_to(out.parent) else path
-                lines.append(f"![{path.stem}]({rel.as_posix()})")
+                lines.append(image_link(path, out))
             lines.append("")
             ot = ot_cost_rows(feds[f])
             if ot:
@@ -865,12 +875,11 @@ def num_test(run: Run) -> int:
 
 
 def cross_members(cfg: Mapping[str, Any]) -> list[tuple[str, range]]:
-    """[(dataset, partition ids)] of a cross-dataset federation, in `data.cross` order."""
+    """[(dataset, partition ids)] of a cross-dataset federation ([] for a plain one)."""
+    text = str(cfg.get("data.cross") or "")
     out, start = [], 0
-    for part in filter(None, (p.strip() for p in str(cfg.get("data.cross") or "").split(","))):
-        name, _, count = part.partition(":")
-        n = int(count)
-        out.append((name.strip(), range(start, start + n)))
+    for name, n in parse_cross(text) if text else []:
+        out.append((name, range(start, start + n)))
         start += n
     return out
 

@@ -168,24 +168,7 @@ class DataConfig:
 
     def cross_groups(self) -> list[tuple[str, int]]:
         """Parse `cross` into [(dataset, n_clients), ...] in the given order."""
-        from task.data.registry import REGISTRY
-
-        groups: list[tuple[str, int]] = []
-        for part in filter(None, (p.strip() for p in self.cross.split(","))):
-            name, sep, count = part.partition(":")
-            name = name.strip()
-            if not sep or not count.strip().isdigit() or int(count) < 1:
-                raise _err(
-                    "cross", f"bad entry {part!r}", "write dataset:clients, e.g. 'ucmerced:5,aid:5'"
-                )
-            if name not in REGISTRY:
-                raise _err("cross", f"unknown dataset {name!r}", f"use one of {sorted(REGISTRY)}")
-            if name in [n for n, _ in groups]:
-                raise _err("cross", f"dataset {name!r} is listed twice", "list it once")
-            groups.append((name, int(count)))
-        if len(groups) < 1:
-            raise _err("cross", "is empty", "write e.g. 'ucmerced:5,aid:5' or leave it ''")
-        return groups
+        return parse_cross(self.cross)
 
     def cross_root_map(self) -> dict[str, str]:
         """Parse `cross_roots` ("name=path,...") into {dataset: root}."""
@@ -207,3 +190,26 @@ def _parse_pairs(key: str, text: str) -> dict[str, str]:
             raise _err(key, f"bad entry {part!r}", "write name=value pairs separated by commas")
         out[name.strip()] = value.strip()
     return out
+
+
+def parse_cross(text: str) -> list[tuple[str, int]]:
+    """``"ucmerced:5,aid:5"`` -> [(dataset, n_clients), ...] in the given order; clients are
+    numbered in this order (the first group gets partition ids 0..n-1)."""
+    from task.data.registry import REGISTRY
+
+    groups: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, count = part.partition(":")
+        name = name.strip()
+        if not sep or not count.strip().isdigit() or int(count) < 1:
+            raise _err(
+                "cross", f"bad entry {part!r}", "write dataset:clients, e.g. 'ucmerced:5,aid:5'"
+            )
+        if name not in REGISTRY:
+            raise _err("cross", f"unknown dataset {name!r}", f"use one of {sorted(REGISTRY)}")
+        if name in [n for n, _ in groups]:
+            raise _err("cross", f"dataset {name!r} is listed twice", "list it once")
+        groups.append((name, int(count)))
+    if len(groups) < 1:
+        raise _err("cross", "is empty", "write e.g. 'ucmerced:5,aid:5' or leave it ''")
+    return groups
