@@ -965,6 +965,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = load_runs(args.runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     variants = [k.strip() for k in args.variant_keys.split(",") if k.strip()]
+    unknown = sorted(set(variants) - set(app_defaults()))
+    if unknown:
+        parser.error(
+            f"--variant-keys: {', '.join(unknown)} not a run-config key of pyproject.toml "
+            "(e.g. loss.alpha)"
+        )
     text = render(runs, out, preamble, plot_dir, variant_keys=variants)
     out.write_text(text + "\n")
     print(f"wrote {out} ({sum(r.complete for r in runs)} complete runs of {len(runs)})")

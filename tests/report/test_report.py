@@ -261,3 +261,11 @@ def test_variant_key_makes_a_method_row_not_a_setup(tmp_path: Path) -> None:
     assert "| Fed-UCMerced 10c even | `fedrsclip (loss.alpha=0.1)` | `promptfl` | +10.00 |" in text
     tie = "| Fed-UCMerced 10c even | `fedrsclip (loss.alpha=0.0)` | `promptfl` | 0.00 (tie) |"
     assert tie in text
+
+
+def test_unknown_variant_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        out = str(tmp_path / "r.md")
+        main(["--runs", str(tmp_path), "--out", out, "--variant-keys", "loss.alfa"])
+    assert exc.value.code == 2
+    assert "loss.alfa not a run-config key" in capsys.readouterr().err
