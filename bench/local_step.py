@@ -38,7 +38,7 @@ from task.data.records import load_rgb
 from task.losses import objective, prompt_set
 from task.methods import build_learner, get_method
 from task.ot import patch_prompt_ot
-from task.prompt_learner import MAX_POSITIONS, PromptLearner
+from task.prompt_learner import PromptLearner
 from task.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -353,7 +353,8 @@ def run_model(
         floor = flops["fwd_bwd_frozen"] / fast["gemm_rate"]
         row = {
             "model": name, "method": spec, "prompts_per_class": n_prompts, "classes": n_classes,
-            "batch": batch, "prompt_tokens": length, "naive_prompt_tokens": MAX_POSITIONS,
+            "batch": batch, "prompt_tokens": length,
+            "naive_prompt_tokens": backbone.text.max_positions,
             "fast_s": fast["seconds"], "fast_min_s": min(fast["all_seconds"]),
             "fast_all_s": fast["all_seconds"], "others_load_cores_during_fast": fast_others,
             "fast_phases_s": fast["phases"],

@@ -1,7 +1,9 @@
-"""The frozen CLIP backbone: loading, freezing, and image features for prompt learning.
+"""The frozen dual-encoder backbone: loading, freezing, and the two towers prompt learning uses.
 
-The backbone never trains, so everything here runs without gradients except the text path used by
-``task.text_encoder``. One config key (``model.name``) names either a hub id or a local directory.
+The backbone never trains, so everything here runs without gradients except the text tower's
+path from prompt vectors to features. One config key (``model.name``) names either a hub id or a
+local directory; the model family (CLIP, VisionTextDualEncoder, SigLIP) is read from the loaded
+model's class and its towers come from ``task.backbones``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
+from task.backbones import ImageFeatures, TextTower, UnsupportedModelError, VisionTower, towers_for
+from task.backbones.optional_imports import timm_for_transformers
 from task.config import ConfigError, ModelConfig
 from task.hashing import file_sha256_memo
 
@@ -29,28 +32,37 @@ class BackboneNotFoundError(OSError):
     """The model could be found neither locally nor on the hub (e.g. offline, not cached)."""
 
 
-@dataclass
-class ImageFeatures:
-    """Per-image features: L2-normalised global embedding and patch-token embeddings."""
-
-    global_: torch.Tensor  # [B, D]
-    patches: torch.Tensor | None  # [B, P, D] or None when not requested
+__all__ = ["Backbone", "BackboneNotFoundError", "ImageFeatures", "load_backbone"]
 
 
 @dataclass
 class Backbone:
-    """A frozen CLIPModel with its tokenizer and image processor."""
+    """A frozen dual encoder, its towers, tokenizer and image processor."""
 
-    model: CLIPModel
+    model: PreTrainedModel
     tokenizer: object
     image_processor: object
     device: torch.device
     dtype: torch.dtype
     identity: str  # content hash of weights + config: keys the feature cache
+    family: str  # clip | dual-encoder | siglip (from the model's class)
+    text: TextTower
+    vision: VisionTower
 
     @property
     def logit_scale(self) -> float:
+        """CLIP's temperature exp(t) (SigLIP's logit bias shifts every class equally: unused)."""
         return float(self.model.logit_scale.detach().exp().item())
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the joint image-text space (the text and image features)."""
+        return self.text.embed_dim
+
+    @property
+    def text_width(self) -> int:
+        """Width of one prompt vector (the text tower's token embedding)."""
+        return self.text.width
 
     @property
     def preprocessing_id(self) -> str:
@@ -62,22 +74,24 @@ class Backbone:
         pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return pixels.to(self.device, self.dtype)
 
-    @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor, with_patches: bool) -> ImageFeatures:
-        """Global embedding (CLS after post-layernorm, projected) and, optionally, patch tokens.
+        """L2-normalised global embedding (exactly ``get_image_features``, normalised) and,
+        optionally, patch tokens in the joint space (per family: task/backbones, docs/method.md)."""
+        return self.vision.encode(pixel_values, with_patches)
 
-        Patch tokens are the final-layer tokens 1..P passed through the same post-layernorm and
-        visual projection as the CLS token, so they live in the joint text-image space (the
-        choice OT-based prompt methods make; see docs/method.md).
-        """
-        vision = self.model.vision_model
-        out = vision(pixel_values=pixel_values.to(self.device, self.dtype))
-        global_ = self.model.visual_projection(out.pooler_output)
-        patches = None
-        if with_patches:
-            tokens = vision.post_layernorm(out.last_hidden_state[:, 1:, :])
-            patches = F.normalize(self.model.visual_projection(tokens).float(), dim=-1)
-        return ImageFeatures(F.normalize(global_.float(), dim=-1), patches)
+    @torch.no_grad()
+    def encode_sentences(self, sentences: list[str]) -> torch.Tensor:
+        """Unnormalised text features of whole sentences via the model's own
+        ``get_text_features``, padded the way the family was trained (SigLIP: to full length)."""
+        if self.text.sentence_padding == "max_length":
+            kwargs = {"padding": "max_length", "max_length": self.text.max_positions}
+        else:
+            kwargs = {"padding": True}
+        inputs = self.tokenizer(sentences, truncation=True, return_tensors="pt", **kwargs)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if self.family == "siglip":
+            inputs.pop("attention_mask", None)  # SigLIP attends to its padding, as trained
+        return self.model.get_text_features(**inputs).pooler_output
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,22 +105,40 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_backbone(cfg: ModelConfig) -> Backbone:
-    """Load, freeze and place a CLIPModel, its tokenizer and its image processor."""
+    """Load, freeze and place a supported dual encoder, its tokenizer and its image processor.
+
+    Weights load in ``model.dtype`` (float32 by default, whatever dtype they are stored in);
+    the model stays in eval mode, so BatchNorm statistics of CNN towers never change.
+    """
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError("model.dtype='float16' needs CUDA; use 'float32' or 'bfloat16' on CPU")
     source = _resolve_source(cfg.name)
     try:
-        model = CLIPModel.from_pretrained(source, dtype=dtype)
+        with timm_for_transformers():
+            model = AutoModel.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
         image_processor = AutoImageProcessor.from_pretrained(source)
     except OSError as err:
         raise BackboneNotFoundError(_not_found_message(cfg.name, err)) from err
+    except ValueError as err:  # transformers: unknown model type or no matching class
+        raise UnsupportedModelError(f"model {cfg.name!r}: {err}") from err
     model.requires_grad_(False)
     model.eval()
     model.to(device)
-    return Backbone(model, tokenizer, image_processor, device, dtype, _identity(source, model))
+    towers = towers_for(model, tokenizer)
+    return Backbone(
+        model,
+        tokenizer,
+        image_processor,
+        device,
+        dtype,
+        _identity(source, model),
+        towers.family,
+        towers.text,
+        towers.vision,
+    )
 
 
 def _resolve_source(name: str) -> str:
@@ -129,7 +161,7 @@ def _resolve_source(name: str) -> str:
 
 def _not_found_message(name: str, err: Exception) -> str:
     return (
-        f"could not load CLIP model {name!r} ({err.__class__.__name__}: {err}). "
+        f"could not load model {name!r} ({err.__class__.__name__}: {err}). "
         "If this machine is offline or the model is not in the Hugging Face cache, download it "
         "where you have network (e.g. `hf download openai/clip-vit-base-patch16 --local-dir "
         "models/clip-vit-base-patch16`), copy the directory here and pass it: "
@@ -137,7 +169,7 @@ def _not_found_message(name: str, err: Exception) -> str:
     )
 
 
-def _identity(source: str, model: CLIPModel) -> str:
+def _identity(source: str, model: PreTrainedModel) -> str:
     """Hash of what determines features: the config and the weights' bytes (or hub revision)."""
     config = {k: v for k, v in model.config.to_dict().items() if "name_or_path" not in k}
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())

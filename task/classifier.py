@@ -416,7 +416,7 @@ def check_backbone(clf: ExportedClassifier, backbone: Backbone, allow_mismatch: 
             "computed with other weights, so predictions are not meaningful"
         )
     dims = _text_dim(clf)
-    proj = backbone.model.config.projection_dim
+    proj = backbone.embed_dim
     if dims is not None and dims != proj:
         raise BackboneMismatchError(
             f"the export's text features have dimension {dims} but the loaded backbone projects "

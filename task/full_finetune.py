@@ -1,4 +1,4 @@
-"""``fedavg-full``: FedAvg fine-tuning of the whole CLIP image encoder with a linear head.
+"""``fedavg-full``: FedAvg fine-tuning of the whole image encoder (any family) with a linear head.
 
 The communication baseline: every round each client sends the entire image encoder (vision
 transformer + visual projection) and the head, ~86.2 M numbers for ViT-B/16 against FedRSCLIP's
@@ -54,12 +54,15 @@ class FullFinetuneModel(nn.Module):
             raise ValueError("class_names is empty")
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
-        clip = backbone.model
-        self.vision_model = copy.deepcopy(clip.vision_model).float()
-        self.visual_projection = copy.deepcopy(clip.visual_projection).float()
+        tower = copy.deepcopy(backbone.vision).float()
+        # The copy's modules are registered here under the names every family uses, so the
+        # state sent each round is ``vision_model.* / visual_projection.* / head.*``; the tower
+        # (unregistered) only knows how to run them.
+        self._tower = (tower,)
+        self.vision_model = tower.vision_model
+        self.visual_projection = tower.visual_projection
         self.requires_grad_(True)
-        dim = clip.config.projection_dim
-        self.head = nn.Linear(dim, len(class_names))
+        self.head = nn.Linear(backbone.embed_dim, len(class_names))
         with torch.no_grad():
             if head_init == "zeroshot":
                 text = zeroshot_features(backbone, class_names).shared  # [C, D], unit norm
@@ -83,9 +86,17 @@ class FullFinetuneModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with self.autocast():  # the encoder in model.dtype; normalisation and head in fp32
-            out = self.vision_model(pixel_values=pixel_values.to(self.device, torch.float32))
-            projected = self.visual_projection(out.pooler_output)
+            projected = self._tower[0](pixel_values.to(self.device, torch.float32))
         return self.head(F.normalize(projected.float(), dim=-1))
+
+    def train(self, mode: bool = True) -> FullFinetuneModel:
+        """Train mode for everything but BatchNorm: a CNN tower's running statistics stay those
+        of its pretraining (small federated batches would only make them noisy)."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
 
 
 def build_full_model(backbone: Backbone, class_names: list[str]) -> FullFinetuneModel:
@@ -109,10 +120,11 @@ def initial_state(backbone: Backbone, class_names: list[str]) -> dict[str, torch
 def load_full_model(
     backbone: Backbone, class_names: list[str], state: Mapping[str, torch.Tensor]
 ) -> FullFinetuneModel:
-    """A model holding exactly ``state`` (the server's global model): every key must be there,
-    with its shape, and nothing else (a strict load; a mismatch raises ValueError)."""
+    """A model holding exactly ``state`` (the server's global model): every trainable parameter
+    must be there, with its shape, and nothing else (a mismatch raises ValueError). Buffers (a
+    CNN's frozen BatchNorm statistics) are never sent: they stay the backbone's."""
     model = FullFinetuneModel(backbone, class_names, head_init="zeros")
-    expected = dict(model.state_dict())
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
@@ -126,7 +138,8 @@ def load_full_model(
             raise ValueError(
                 f"fedavg-full {key}: shape {tuple(value.shape)} != {tuple(expected[key].shape)}"
             )
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    result = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    assert not result.unexpected_keys and not set(result.missing_keys) & set(expected)
     return model
 
 

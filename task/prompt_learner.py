@@ -1,7 +1,9 @@
 """Learnable text context: a shared prompt S (sent to the server) and a private prompt P (never).
 
-Each class prompt is ``[BOS] ctx_1 .. ctx_h  <class name tokens> . [EOS]``: the context vectors sit
-between the start token and the frozen class-name tokens (CoOp). With ``fusion='separate'`` the
+Each class prompt is ``<prefix> ctx_1 .. ctx_h  <class name tokens> . <closing tokens>``: the
+context vectors sit between the tokenizer's leading special tokens (CLIP's start token, BERT's
+[CLS], none for SigLIP) and the frozen class-name tokens (CoOp). The text tower of the backbone's
+family (task/backbones) turns the sequence into a feature. With ``fusion='separate'`` the
 model has two prompts per class (S-only and P-only, as FedOTP); with ``fusion='concat'`` the
 personal prompt is ``[BOS] S P <class>`` and the S-only prompt stays the global model.
 
@@ -23,12 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from task.backbone import Backbone
+from task.backbones import TextTower, tokenize_class_prompts
 from task.config import ConfigError, PromptConfig
-from task.text_encoder import PromptTextEncoder
 
 SHARED_KEY = "shared_ctx"
 PRIVATE_KEY = "private_ctx"
-MAX_POSITIONS = 77
 ANCHOR_PHRASE = "a photo of a"  # hand-crafted prompt of FedPGP's contrastive anchor
 
 
@@ -73,29 +74,26 @@ class PromptLearner(nn.Module):
         self.private_rank = int(private_rank)
         self._anchor_cache: torch.Tensor | None = None
         self.class_names = list(class_names)
-        # Held in a tuple so the frozen CLIP text model is not a registered submodule: the
+        # Held in a tuple so the frozen text tower is not a registered submodule: the
         # learner's parameters() and state_dict() are then exactly its context vectors.
-        self._frozen = (PromptTextEncoder(backbone.model),)
-        self.full_length = False  # True: pad every prompt to 77 tokens (the naive reference path)
+        self._frozen = (backbone.text,)
+        self.full_length = False  # True: pad every prompt to max_positions (the naive reference)
         tok = backbone.tokenizer
-        embedding = backbone.model.text_model.embeddings.token_embedding
+        tower = backbone.text
+        embedding = tower.token_embedding
         device = embedding.weight.device
-        ids = tok(
-            [f"{name}." for name in self.class_names],
-            padding="max_length",
-            max_length=MAX_POSITIONS,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        eos_id = tok.eos_token_id
-        suffix_ids = ids[:, 1:]
-        is_eos = suffix_ids == eos_id
-        if not bool(is_eos.any(dim=1).all()):
-            raise ValueError("a class name is too long for CLIP's 77-token context")
+        try:
+            tokens = tokenize_class_prompts(
+                tok, self.class_names, tower.max_positions, tower.pad_id
+            )
+        except ValueError as err:
+            raise ConfigError(f"{err}; shorten the class names") from err
         with torch.no_grad():
-            self.register_buffer("bos_embed", embedding(ids[:1, :1]), persistent=False)
-            self.register_buffer("suffix_embeds", embedding(suffix_ids), persistent=False)
-        self.register_buffer("suffix_eos", is_eos.int().argmax(dim=1), persistent=False)
+            prefix = torch.tensor(tokens.prefix, dtype=torch.long, device=device)
+            self.register_buffer("prefix_embeds", embedding(prefix).unsqueeze(0), persistent=False)
+            suffix = tokens.suffix.to(device)
+            self.register_buffer("suffix_embeds", embedding(suffix), persistent=False)
+        self.register_buffer("suffix_len", tokens.suffix_len.to(device), persistent=False)
 
         generator = torch.Generator().manual_seed(seed)
         phrase = self._phrase_embeds(tok, embedding)
@@ -116,20 +114,24 @@ class PromptLearner(nn.Module):
             anchor_ids = tok(cfg.init or ANCHOR_PHRASE, add_special_tokens=False).input_ids
             anchor = embedding(torch.tensor(anchor_ids, device=device)).detach().clone()
         self.register_buffer("anchor_ctx", anchor, persistent=False)
-        longest = 1 + self._personal_ctx_len() + int(self.suffix_eos.max()) + 1
-        if longest > MAX_POSITIONS:
+        longest = self.prefix_embeds.shape[1] + self._personal_ctx_len() + self.longest_suffix
+        if longest > tower.max_positions:
             raise ConfigError(
-                f"prompts need {longest} tokens, more than CLIP's {MAX_POSITIONS}; "
-                "lower prompt.n-ctx or shorten class names"
+                f"prompts need {longest} tokens, more than the text tower's "
+                f"{tower.max_positions}; lower prompt.n-ctx or shorten class names"
             )
 
     @property
-    def encoder(self) -> PromptTextEncoder:
+    def encoder(self) -> TextTower:
         return self._frozen[0]
 
     @property
+    def longest_suffix(self) -> int:
+        return int(self.suffix_len.max())
+
+    @property
     def device(self) -> torch.device:
-        return self.bos_embed.device
+        return self.suffix_embeds.device
 
     # -- construction helpers -------------------------------------------------------------
     def _phrase_embeds(self, tok: object, embedding: nn.Embedding) -> torch.Tensor | None:
@@ -215,25 +217,31 @@ class PromptLearner(nn.Module):
         return PromptFeatures(shared_feats, personal_feats, anchor_feats)
 
     def encode_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """Unnormalised text features [len(contexts) * C, D] for several context tensors."""
+        """Unnormalised text features [len(contexts) * C, D] for several context tensors.
+
+        Sequences are cut to the longest real prompt when the text tower allows it exactly
+        (causal or masked attention); otherwise, and with ``full_length``, they are padded to the
+        tower's full length.
+        """
         n_classes = len(self.class_names)
-        longest_suffix = int(self.suffix_eos.max()) + 1
-        length = max(1 + c.shape[0] + longest_suffix for c in contexts)
-        if self.full_length:
-            length = MAX_POSITIONS
+        n_prefix = self.prefix_embeds.shape[1]
+        tower = self.encoder
+        length = max(n_prefix + c.shape[0] + self.longest_suffix for c in contexts)
+        if self.full_length or not tower.exact_cut:
+            length = tower.max_positions
         dtype = self.suffix_embeds.dtype
-        seqs, eos = [], []
+        seqs, lengths = [], []
         for ctx in contexts:
             k = ctx.shape[0]
             seqs.append(
                 torch.cat(
                     [
-                        self.bos_embed.expand(n_classes, -1, -1),
+                        self.prefix_embeds.expand(n_classes, -1, -1),
                         ctx.to(dtype).unsqueeze(0).expand(n_classes, -1, -1),
-                        self.suffix_embeds[:, : length - 1 - k],
+                        self.suffix_embeds[:, : length - n_prefix - k],
                     ],
                     dim=1,
                 )
             )
-            eos.append(self.suffix_eos + 1 + k)
-        return self.encoder(torch.cat(seqs), torch.cat(eos))
+            lengths.append(self.suffix_len + n_prefix + k)
+        return tower(torch.cat(seqs), torch.cat(lengths))

@@ -1,4 +1,5 @@
-"""Zero-shot CLIP: class features from hand-written remote-sensing templates (an ensemble)."""
+"""Zero-shot: class features from hand-written remote-sensing templates (an ensemble), through the
+model's own ``get_text_features`` (any supported family)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,9 @@ def zeroshot_features(
     backbone: Backbone, class_names: list[str], templates: tuple[str, ...] = RS_TEMPLATES
 ) -> PromptFeatures:
     """Mean of the normalised template features per class, renormalised (CLIP's ensembling)."""
-    model, tok = backbone.model, backbone.tokenizer
     per_template = []
     for template in templates:
-        inputs = tok([template.format(c) for c in class_names], padding=True, return_tensors="pt")
-        out = model.get_text_features(
-            input_ids=inputs.input_ids.to(backbone.device),
-            attention_mask=inputs.attention_mask.to(backbone.device),
-        )
-        per_template.append(F.normalize(out.pooler_output.float(), dim=-1))
+        out = backbone.encode_sentences([template.format(c) for c in class_names])
+        per_template.append(F.normalize(out.float(), dim=-1))
     mean = torch.stack(per_template).mean(dim=0)
     return PromptFeatures(shared=F.normalize(mean, dim=-1), personal=None)
