@@ -197,15 +197,15 @@ def test_export_refuses_to_overwrite(run_dir, tmp_path, capsys):
 
 
 UCM = SHARED / "data" / "ucmerced"
-RS_MODEL = SHARED / "models" / "rs-tinyclip-aid"
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not (UCM.is_dir() and RS_MODEL.is_dir()),
-    reason="needs ../shared/models/rs-tinyclip-aid and ../shared/data/ucmerced",
-)
-def test_ucmerced_export_equals_run(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["rs-lit-b0-minilm", "rs-tinyclip-aid"])
+def test_ucmerced_export_equals_run(tmp_path, capsys, model):
+    """Export and run path agree on the stand-in (VisionTextDualEncoder) and the CLIPModel one."""
+    RS_MODEL = SHARED / "models" / model
+    if not (UCM.is_dir() and RS_MODEL.is_dir()):
+        pytest.skip(f"needs ../shared/models/{model} and ../shared/data/ucmerced")
     imgs = tmp_path / "ucm"
     for cls in ("agricultural", "beach", "harbor", "runway"):
         (imgs / cls).mkdir(parents=True)
