@@ -7,13 +7,21 @@ the numbers of a run and how to read them.
 * fast path: cached frozen image features (global fp32 + patches fp16, as task.features stores
   them), prompts cut to the longest real prompt (``learner.full_length = False``), the method's
   ``task.losses.objective``, backward, optimiser step;
-* naive path: the image encoder on the pixel batch every step and prompts padded to 77 tokens
-  (``learner.full_length = True``), with the same method, prompts, objective and optimiser;
+* naive path: the image encoder on the pixel batch every step and prompts padded to the text
+  tower's full length (``learner.full_length = True``: 77 tokens for CLIP, 512 for the stand-in's
+  BERT), with the same method, prompts, objective and optimiser;
+* fast path without length buckets (``learner.bucket_by_length = False``: every prompt padded to
+  the longest one) for the before/after of that exact saving;
 * floor: text-encoder forward + backward FLOPs at the real prompt length over the GEMM rate
   measured on this machine, interleaved with the fast step's repeats (same threads, same load).
 
-Losses agree: the cut and the 77-token prompts give the same loss on identical fp32 image features
-(``truncation_abs_diff``); the fp16 patch cache is reported separately (``fp16_cache_abs_diff``).
+Models: the stand-in rs-lit-b0-minilm (VisionTextDualEncoder: EfficientNet-Lite0 + 6-layer,
+384-wide BERT text tower), the older CLIPModel stand-in rs-tinyclip-aid, and a randomly
+initialised CLIP with ViT-B/16's shapes.
+
+Losses agree: the cut and the full-length prompts give the same loss on identical fp32 image
+features (``truncation_abs_diff``); the fp16 patch cache is reported separately
+(``fp16_cache_abs_diff``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import torch
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from task.backbone import Backbone, load_backbone
+from task.backbones import towers_for
 from task.config import LossConfig, ModelConfig, PromptConfig, TrainConfig
 from task.data.records import load_rgb
 from task.losses import objective, prompt_set
@@ -43,7 +52,8 @@ from task.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-STAND_IN = SHARED / "models" / "rs-tinyclip-aid"
+STAND_IN = SHARED / "models" / "rs-lit-b0-minilm"
+TINYCLIP = SHARED / "models" / "rs-tinyclip-aid"
 UCM = SHARED / "data" / "ucmerced"
 UCM_CLASSES = [
     "agricultural", "airplane", "baseball diamond", "beach", "buildings", "chaparral",
@@ -106,9 +116,21 @@ def vitb16_backbone(tokenizer_dir: Path | None) -> Backbone:
     torch.manual_seed(0)
     model = CLIPModel(config).eval().requires_grad_(False)
     processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224)
+    towers = towers_for(model, tokenizer)
     return Backbone(
-        model, tokenizer, processor, torch.device("cpu"), torch.float32, "random-vit-b16"
-    )
+        model, tokenizer, processor, torch.device("cpu"), torch.float32, "random-vit-b16",
+        towers.family, towers.text, towers.vision,
+    )  # fmt: skip
+
+
+def image_size(backbone: Backbone) -> int:
+    """Side of the image the processor produces (random pixels need it)."""
+    crop = getattr(backbone.image_processor, "crop_size", None) or {}
+    size = getattr(backbone.image_processor, "size", None) or {}
+    for value in (crop.get("height"), size.get("height"), size.get("shortest_edge")):
+        if value:
+            return int(value)
+    return 224
 
 
 def make_inputs(backbone: Backbone, batch: int, real_images: bool) -> StepInputs:
@@ -121,7 +143,7 @@ def make_inputs(backbone: Backbone, batch: int, real_images: bool) -> StepInputs
         paths = [sorted(folders[int(c)].iterdir())[i // len(folders)] for i, c in enumerate(labels)]
         pixels = backbone.preprocess([load_rgb(str(p)) for p in paths])
     else:
-        size = backbone.model.config.vision_config.image_size
+        size = image_size(backbone)
         pixels = torch.randn(batch, 3, size, size, generator=g)
     feats = backbone.encode_images(pixels, with_patches=True)
     return StepInputs(
@@ -156,23 +178,29 @@ def _step(learner, method, loss_cfg, inputs: StepInputs, optimizer, naive: bool)
     return obj.parts["loss"], phases
 
 
-def _learner(method_spec: str, inputs: StepInputs, naive: bool):
+def _learner(method_spec: str, inputs: StepInputs, naive: bool, buckets: bool = True):
     method, loss_cfg = method_and_loss(method_spec)
     learner = build_learner(method, inputs.backbone, inputs.class_names, PromptConfig())
     learner.full_length = naive
+    learner.bucket_by_length = buckets
     optimizer = make_optimizer(list(learner.parameters()), TrainConfig())
     return method, loss_cfg, learner, optimizer
 
 
 def time_step(
-    method_spec: str, inputs: StepInputs, naive: bool, repeats: int, gemm_shape=None
+    method_spec: str,
+    inputs: StepInputs,
+    naive: bool,
+    repeats: int,
+    gemm_shape=None,
+    buckets: bool = True,
 ) -> dict[str, Any]:
     """Median seconds of one step after one warm-up step (fresh learner, seed 0).
 
     ``gemm_shape`` (rows, width): also measure the GEMM rate right before every repeat, so the
     floor sees the same machine load as the step; its median rate is returned.
     """
-    method, loss_cfg, learner, optimizer = _learner(method_spec, inputs, naive)
+    method, loss_cfg, learner, optimizer = _learner(method_spec, inputs, naive, buckets)
     first_loss, _ = _step(learner, method, loss_cfg, inputs, optimizer, naive)
     totals, phases, rates = [], {k: [] for k in PHASES}, []
     for _ in range(repeats):
@@ -252,28 +280,35 @@ def ot_solver_times(inputs: StepInputs, repeats: int) -> dict[str, float]:
     return out
 
 
-def prompt_length(learner: PromptLearner) -> int:
-    """Tokens per sequence on the cut path: BOS + longest context + longest class suffix + EOS."""
+def prompt_lengths(learner: PromptLearner) -> list[int]:
+    """Real tokens of every prompt the step encodes (prefix + context + class suffix)."""
     contexts = [c for c in (learner.shared_ctx, learner.personal_context()) if c is not None]
-    return max(1 + c.shape[0] + int(learner.suffix_eos.max()) + 1 for c in contexts)
+    n_prefix = learner.prefix_embeds.shape[1]
+    if not learner.encoder.exact_cut:
+        return [learner.encoder.max_positions] * (len(contexts) * len(learner.class_names))
+    return [n_prefix + c.shape[0] + int(n) for c in contexts for n in learner.suffix_len.tolist()]
 
 
-def text_flops(backbone: Backbone, n_seq: int, length: int) -> dict[str, float]:
-    """Forward and backward FLOPs of the text encoder for n_seq prompts of ``length`` tokens.
+def text_flops(backbone: Backbone, lengths: list[int]) -> dict[str, float]:
+    """Forward and backward FLOPs of the text encoder for prompts of the given token lengths.
 
     Forward per layer and token: Q, K, V and output projections 8W^2, MLP 4WI; attention scores
-    and values 4LW (per sequence 4L^2 W); the text projection 2WD once per sequence (pooled row).
-    The token embedding is a gather and layer norms/softmax are O(LW): not counted.
+    and values 4LW (per sequence 4L^2 W); per sequence, the projection 2WD of the pooled row, and
+    for a BERT-family tower its pooler dense layer 2W^2. The token embedding is a gather and
+    layer norms/softmax are O(LW): not counted.
     Backward, ``frozen``: the CLIP weights are frozen, so the linear layers need only their input
     gradients (1x forward) and attention needs gradients of both operands of both products (2x).
     ``rule_of_thumb``: backward = 2x forward (as if weight gradients were also computed).
     """
     tc = backbone.model.config.text_config
     w, i, layers = tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers
-    d = backbone.model.config.projection_dim
-    tokens = n_seq * length
-    linear = layers * tokens * (8 * w * w + 4 * w * i) + n_seq * 2 * w * d
-    attention = layers * n_seq * 4 * length * length * w
+    d = backbone.embed_dim
+    n_seq, tokens = len(lengths), sum(lengths)
+    pooler = 2 * w * w if hasattr(backbone.text, "text_model") and hasattr(
+        backbone.text.text_model, "pooler"
+    ) else 0
+    linear = layers * tokens * (8 * w * w + 4 * w * i) + n_seq * (2 * w * d + pooler)
+    attention = layers * sum(4 * n * n * w for n in lengths)
     forward = linear + attention
     return {
         "forward": forward,
@@ -336,26 +371,31 @@ def run_model(
 ) -> list[dict[str, Any]]:
     """Benchmark rows (one per method) for one backbone; the core of the command."""
     inputs = make_inputs(backbone, batch, real_images)
-    width = backbone.model.config.text_config.hidden_size
+    width = backbone.text_width
     n_classes = len(inputs.class_names)
     rows = []
     for spec in methods:
         method, _ = method_and_loss(spec)
         _, _, learner, _ = _learner(spec, inputs, naive=False)
-        length = prompt_length(learner)
+        lengths = prompt_lengths(learner)
+        length = max(lengths)
         n_prompts = 2 if method.has_private else 1
-        n_seq = n_prompts * n_classes
         before = cpu_snapshot()
-        fast = time_step(spec, inputs, False, repeats, gemm_shape=(n_seq * length, width))
+        fast = time_step(spec, inputs, False, repeats, gemm_shape=(sum(lengths), width))
         fast_others = others_load(before, cpu_snapshot())
+        unbucketed = time_step(spec, inputs, False, repeats, buckets=False)
         naive = time_step(spec, inputs, True, naive_repeats) if spec in naive_methods else None
-        flops = text_flops(backbone, n_seq, length)
+        flops = text_flops(backbone, lengths)
         floor = flops["fwd_bwd_frozen"] / fast["gemm_rate"]
         row = {
             "model": name, "method": spec, "prompts_per_class": n_prompts, "classes": n_classes,
             "batch": batch, "prompt_tokens": length,
+            "prompt_tokens_mean": sum(lengths) / len(lengths),
             "naive_prompt_tokens": backbone.text.max_positions,
             "fast_s": fast["seconds"], "fast_min_s": min(fast["all_seconds"]),
+            "no_buckets_s": unbucketed["seconds"],
+            "no_buckets_all_s": unbucketed["all_seconds"],
+            "buckets_speedup": unbucketed["seconds"] / fast["seconds"],
             "fast_all_s": fast["all_seconds"], "others_load_cores_during_fast": fast_others,
             "fast_phases_s": fast["phases"],
             "naive_s": naive["seconds"] if naive else None,
@@ -425,15 +465,18 @@ def _f(value: float | None, fmt: str, suffix: str = "") -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The main table, then the fast path's time per phase."""
     out = [
-        "| model | method | prompts x classes | tokens (cut / naive) | fast step (s) | "
-        "naive step (s) | speed-up | floor (s) | fast / floor | fast / floor (bwd=2x fwd) | "
-        "\\|Δloss\\| cut vs 77 | \\|Δloss\\| fp16 cache | \\|Δloss\\| first step fast vs naive |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | method | prompts x classes | tokens (mean / max / naive) | fast step (s) | "
+        "no buckets (s) | naive step (s) | speed-up | floor (s) | fast / floor | "
+        "fast / floor (bwd=2x fwd) | \\|Δloss\\| cut vs full | \\|Δloss\\| fp16 cache | "
+        "\\|Δloss\\| first step fast vs naive |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         out.append(
             f"| {r['model']} | {r['method']} | {r['prompts_per_class']} x {r['classes']} | "
-            f"{r['prompt_tokens']} / {r['naive_prompt_tokens']} | {r['fast_s']:.3f} | "
+            f"{r.get('prompt_tokens_mean', r['prompt_tokens']):.1f} / {r['prompt_tokens']} / "
+            f"{r['naive_prompt_tokens']} | {r['fast_s']:.3f} | "
+            f"{_f(r.get('no_buckets_s'), '.3f')} | "
             f"{_f(r['naive_s'], '.2f')} | {_f(r['speedup_vs_naive'], '.1f', 'x')} | "
             f"{r['floor_s']:.3f} | {r['fast_over_floor']:.2f}x | "
             f"{r['fast_over_floor_rule_of_thumb']:.2f}x | {r['truncation_abs_diff']:.1e} | "
@@ -468,8 +511,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--naive-methods", nargs="+", default=list(NAIVE_METHODS),
                    help="methods whose naive step is also timed (it is slow)")  # fmt: skip
-    p.add_argument("--models", nargs="+", default=["stand-in", "vit-b16"],
-                   choices=["stand-in", "vit-b16"])  # fmt: skip
+    p.add_argument("--models", nargs="+", default=["stand-in", "tinyclip", "vit-b16"],
+                   choices=["stand-in", "tinyclip", "vit-b16"])  # fmt: skip
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="first wait up to S s for an idle CPU")  # fmt: skip
     args = p.parse_args(argv)
@@ -481,17 +524,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     notes: list[str] = []
     kw = {"batch": args.batch, "repeats": args.repeats, "naive_repeats": args.naive_repeats,
           "methods": args.methods, "naive_methods": args.naive_methods}  # fmt: skip
-    if "stand-in" in args.models:
-        if STAND_IN.is_dir():
-            backbone = load_backbone(ModelConfig(name=str(STAND_IN), device="cpu"))
-            rows += run_model("rs-tinyclip-aid", backbone, UCM.is_dir(), **kw)
+    for key, path in (("stand-in", STAND_IN), ("tinyclip", TINYCLIP)):
+        if key not in args.models:
+            continue
+        if path.is_dir():
+            backbone = load_backbone(ModelConfig(name=str(path), device="cpu"))
+            rows += run_model(path.name, backbone, UCM.is_dir(), **kw)
             if not UCM.is_dir():
-                notes.append(f"{UCM} absent: random pixels for rs-tinyclip-aid")
+                notes.append(f"{UCM} absent: random pixels for {path.name}")
         else:
-            notes.append(f"skipped rs-tinyclip-aid: {STAND_IN} is absent")
+            notes.append(f"skipped {path.name}: {path} is absent")
             print(notes[-1], flush=True)
     if "vit-b16" in args.models:
-        tok_dir = STAND_IN if STAND_IN.is_dir() else None
+        tok_dir = TINYCLIP if TINYCLIP.is_dir() else None
         if tok_dir is None:
             notes.append("no CLIP BPE tokenizer in ../shared: tiny word-level tokenizer used")
         rows += run_model("ViT-B/16 shape (random)", vitb16_backbone(tok_dir), False, **kw)

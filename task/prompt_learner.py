@@ -78,6 +78,9 @@ class PromptLearner(nn.Module):
         # learner's parameters() and state_dict() are then exactly its context vectors.
         self._frozen = (backbone.text,)
         self.full_length = False  # True: pad every prompt to max_positions (the naive reference)
+        # True: one text-tower call per prompt length, so short class names do not pay for the
+        # longest (exact where cutting is: causal or masked attention; see encode_contexts).
+        self.bucket_by_length = True
         tok = backbone.tokenizer
         tower = backbone.text
         embedding = tower.token_embedding
@@ -94,6 +97,10 @@ class PromptLearner(nn.Module):
             suffix = tokens.suffix.to(device)
             self.register_buffer("suffix_embeds", embedding(suffix), persistent=False)
         self.register_buffer("suffix_len", tokens.suffix_len.to(device), persistent=False)
+        self._buckets = [
+            (int(n), (tokens.suffix_len == n).nonzero().flatten().to(device))
+            for n in torch.unique(tokens.suffix_len).tolist()
+        ]
 
         generator = torch.Generator().manual_seed(seed)
         phrase = self._phrase_embeds(tok, embedding)
@@ -219,16 +226,25 @@ class PromptLearner(nn.Module):
     def encode_contexts(self, contexts: list[torch.Tensor]) -> torch.Tensor:
         """Unnormalised text features [len(contexts) * C, D] for several context tensors.
 
-        Sequences are cut to the longest real prompt when the text tower allows it exactly
-        (causal or masked attention); otherwise, and with ``full_length``, they are padded to the
-        tower's full length.
+        Exact shortcuts where the text tower allows them (causal, or bidirectional with padding
+        masked): sequences are cut to their real length, and with ``bucket_by_length`` prompts
+        of equal length are encoded together with no padding at all (one tower call per
+        length). Otherwise (SigLIP), and with ``full_length``, every prompt is padded to the
+        tower's full length. tests/task/test_prompt_learner.py and test_backbone_families.py
+        check that each shortcut gives the same features and gradients.
         """
+        tower = self.encoder
+        if self.full_length or not tower.exact_cut:
+            return self._encode_padded(contexts, tower.max_positions)
+        if not self.bucket_by_length or len(self._buckets) == 1:
+            n_prefix = self.prefix_embeds.shape[1]
+            length = max(n_prefix + c.shape[0] + self.longest_suffix for c in contexts)
+            return self._encode_padded(contexts, length)
+        return self._encode_bucketed(contexts)
+
+    def _encode_padded(self, contexts: list[torch.Tensor], length: int) -> torch.Tensor:
         n_classes = len(self.class_names)
         n_prefix = self.prefix_embeds.shape[1]
-        tower = self.encoder
-        length = max(n_prefix + c.shape[0] + self.longest_suffix for c in contexts)
-        if self.full_length or not tower.exact_cut:
-            length = tower.max_positions
         dtype = self.suffix_embeds.dtype
         seqs, lengths = [], []
         for ctx in contexts:
@@ -244,4 +260,32 @@ class PromptLearner(nn.Module):
                 )
             )
             lengths.append(self.suffix_len + n_prefix + k)
-        return tower(torch.cat(seqs), torch.cat(lengths))
+        return self.encoder(torch.cat(seqs), torch.cat(lengths))
+
+    def _encode_bucketed(self, contexts: list[torch.Tensor]) -> torch.Tensor:
+        """Group (context, class) prompts by total length; encode each group unpadded."""
+        n_classes = len(self.class_names)
+        dtype = self.suffix_embeds.dtype
+        groups: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for index, ctx in enumerate(contexts):
+            for suffix_len, classes in self._buckets:
+                n = classes.numel()
+                seq = torch.cat(
+                    [
+                        self.prefix_embeds.expand(n, -1, -1),
+                        ctx.to(dtype).unsqueeze(0).expand(n, -1, -1),
+                        self.suffix_embeds[classes, :suffix_len],
+                    ],
+                    dim=1,
+                )
+                groups.setdefault(seq.shape[1], []).append((index * n_classes + classes, seq))
+        outputs, rows = [], []
+        for length, items in sorted(groups.items()):
+            seqs = torch.cat([seq for _, seq in items])
+            lengths = torch.full((seqs.shape[0],), length, device=seqs.device)
+            outputs.append(self.encoder(seqs, lengths))
+            rows.append(torch.cat([r for r, _ in items]))
+        order = torch.cat(rows)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(outputs)[inverse]

@@ -2,19 +2,25 @@
 
 import json
 
+import pytest
+
 from bench.local_step import markdown, run_model, targets, text_flops
 
 ROW_KEYS = (
     "fast_s", "naive_s", "speedup_vs_naive", "floor_s", "fast_over_floor", "gemm_gflops",
     "floor_rule_of_thumb_s", "fast_over_floor_rule_of_thumb", "prompt_tokens",
     "truncation_abs_diff", "text_feature_max_abs_diff", "fp16_cache_abs_diff",
-    "fast_vs_naive_abs_diff", "step_loss_abs_diff", "fast_phases_s",
+    "fast_vs_naive_abs_diff", "step_loss_abs_diff", "fast_phases_s", "no_buckets_s",
+    "buckets_speedup", "prompt_tokens_mean",
 )  # fmt: skip
 
 
-def test_bench_rows_and_loss_agreement(tiny_backbone):
+@pytest.mark.parametrize("name", ["tiny_backbone", "tiny_dual_encoder"])
+def test_bench_rows_and_loss_agreement(request, name):
+    backbone = request.getfixturevalue(name)
+    full = backbone.text.max_positions  # 77 (CLIP) or 64 (the tiny BERT)
     methods = ["fedrsclip", "promptfl"]
-    rows = run_model("tiny", tiny_backbone, False, batch=4, repeats=1, naive_repeats=1,
+    rows = run_model("tiny", backbone, False, batch=4, repeats=1, naive_repeats=1,
                      methods=methods, naive_methods=methods)  # fmt: skip
     assert [r["method"] for r in rows] == methods
     for row in rows:
@@ -22,7 +28,8 @@ def test_bench_rows_and_loss_agreement(tiny_backbone):
             assert row[key] is not None, key
         for key in ("fast_s", "naive_s", "floor_s", "speedup_vs_naive", "fast_over_floor"):
             assert row[key] > 0
-        assert row["prompt_tokens"] < row["naive_prompt_tokens"] == 77
+        assert row["prompt_tokens_mean"] <= row["prompt_tokens"]
+        assert row["prompt_tokens"] < row["naive_prompt_tokens"] == full
         # identical fp32 image features: cutting the prompts to their real length is exact
         assert row["truncation_abs_diff"] < 1e-5
         assert row["text_feature_max_abs_diff"] < 1e-5
@@ -34,14 +41,20 @@ def test_bench_rows_and_loss_agreement(tiny_backbone):
     assert targets(rows) == {}  # targets are checked on the ViT-B/16 row only
 
 
-def test_flop_count_scales_with_sequences_and_length(tiny_backbone):
-    one = text_flops(tiny_backbone, n_seq=10, length=8)
-    two = text_flops(tiny_backbone, n_seq=20, length=8)
+def test_flop_count_scales_with_sequences_and_length(tiny_backbone, tiny_dual_encoder):
+    one = text_flops(tiny_backbone, [8] * 10)
+    two = text_flops(tiny_backbone, [8] * 20)
     assert two["forward"] == 2 * one["forward"]
-    longer = text_flops(tiny_backbone, n_seq=10, length=16)
+    longer = text_flops(tiny_backbone, [16] * 10)
     assert longer["forward"] > 2 * one["forward"]  # attention is quadratic
     assert one["forward"] < one["fwd_bwd_frozen"] < one["fwd_bwd_rule_of_thumb"]
     assert one["fwd_bwd_rule_of_thumb"] == 3 * one["forward"]
+    mixed = text_flops(tiny_backbone, [8] * 5 + [16] * 5)
+    assert one["forward"] < mixed["forward"] < longer["forward"]
+    # same widths and depth (32, 64, 2 layers, projection 16): a BERT-family tower differs only
+    # by its pooler's W x W layer, once per sequence
+    bert = text_flops(tiny_dual_encoder, [8] * 10)
+    assert bert["forward"] - one["forward"] == 10 * 2 * 32 * 32
 
 
 def test_main_writes_json_without_models(tmp_path, monkeypatch):

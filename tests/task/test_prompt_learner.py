@@ -85,3 +85,27 @@ def test_bad_prompt_settings(tiny_backbone):
         PromptLearner(tiny_backbone, [], PromptConfig())
     with pytest.raises(ConfigError, match="77"):
         PromptLearner(tiny_backbone, ["x" * 73], PromptConfig())
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_dual_encoder"])
+def test_length_buckets_cut_and_full_length_agree(request, backbone_name):
+    """Three encodings of the same prompts: one tower call per prompt length (default), one
+    call cut to the longest prompt, and every prompt padded to the tower's full length. Same
+    features and gradients (CLIP: causal; BERT: masked padding)."""
+    backbone = request.getfixturevalue(backbone_name)
+    classes = ["a", "baseball diamond", "mobile home park", "river", "beach"]
+    cfg = PromptConfig(fusion="concat", private_init="random", init="")
+    learner = PromptLearner(backbone, classes, cfg, seed=4)
+    assert len(learner._buckets) > 1  # the classes really have different lengths
+    results = []
+    for bucket, full in ((True, False), (False, False), (False, True)):
+        learner.bucket_by_length, learner.full_length = bucket, full
+        feats = learner(shared=True, personal=True)
+        loss = (feats.shared * torch.arange(1, 6).unsqueeze(1)).sum() + feats.personal.pow(3).sum()
+        results.append((feats, torch.autograd.grad(loss, list(learner.parameters()))))
+    (ref, ref_grads), *others = results
+    for feats, grads in others:
+        torch.testing.assert_close(feats.shared, ref.shared, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(feats.personal, ref.personal, atol=1e-6, rtol=1e-5)
+        for a, b in zip(grads, ref_grads, strict=True):  # float32 sums in another order
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
