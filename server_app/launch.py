@@ -8,7 +8,7 @@ composes configs and sweeps. Each (multirun) job flattens ``run_config`` to Flow
         --federation-config "num-supernodes=<data.num-clients>"
 
 The launcher fixes ``run.name`` (the name the app itself would derive, see
-``task.federated.default_run_name``), so it knows the run directory before starting. A sweep runs
+``task.app_config.default_run_name``), so it knows the run directory before starting. A sweep runs
 its jobs one after another and, per job:
 
 * **skip**: ``runs/<name>/summary.json`` exists and its ``final_round`` reaches
@@ -322,7 +322,7 @@ def preflight(flat: Mapping[str, Any], base: Path, session: Session) -> Prefligh
     checks = list(cached[data_key])
     if all(c.ok for c in checks):
         if model_key not in cached:
-            cached[model_key] = [check_model(app.core.model.name)]
+            cached[model_key] = [check_model(app.core.model.name, quick=True)]
         checks += cached[model_key]
     return PreflightReport(checks)
 
@@ -472,7 +472,7 @@ def _swept(outcomes: list[JobOutcome]) -> list[str]:
         for item in o.overrides:
             key, _, value = item.lstrip("+~").partition("=")
             values.setdefault(key, set()).add(value)
-    keys = [k for k, v in values.items() if len(v) > 1 or len(outcomes) == 1]
+    keys = [k for k, v in values.items() if len(v) > 1]
     return [k for k in keys if k not in ("method", "run_config.method.name")]
 
 

@@ -224,16 +224,31 @@ def check_data(
     return checks
 
 
-def check_model(name: str) -> Check:
-    """Check 5: the model resolves and is complete, without loading its weights."""
+def check_model(name: str, quick: bool = False) -> Check:
+    """Check 5: the model resolves and is complete, without loading its weights.
+
+    ``quick`` (the launcher) first checks a local directory's files without importing torch or
+    transformers, so a wrong path or an incomplete copy fails in well under a second.
+    """
     checks: list[Check] = []
-    _step(checks, "model", "model.name", lambda: _inspect_model(name))
+    _step(checks, "model", "model.name", lambda: _inspect_model(name, quick))
     (check,) = checks
     check.key = "model.name"  # whatever the message mentions, model.name is what to change
     return check
 
 
-def _inspect_model(name: str) -> str:
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (the rule of task.backbone._resolve_source)."""
+    return (
+        Path(name).expanduser().is_dir()
+        or name.startswith((".", "/", "~"))
+        or (name.count("/") > 1)
+    )
+
+
+def _inspect_model(name: str, quick: bool = False) -> str:
+    if quick and _looks_local(name):
+        _check_files(Path(name).expanduser(), name)
     from transformers import AutoConfig
 
     from task.backbone import _resolve_source  # missing directory / config.json: its errors
@@ -250,15 +265,49 @@ def _inspect_model(name: str) -> str:
         ) from err
     model_type = str(getattr(config, "model_type", ""))
     arch = ", ".join(getattr(config, "architectures", None) or []) or "no architectures listed"
+    _check_type(name, model_type, arch)
+    path = Path(source)
+    if not path.is_dir():
+        return f"hub id {name}: {model_type} ({arch})"
+    _check_files(path, name)
+    return f"{source}: {model_type} ({arch}), tokenizer and image processor files present"
+
+
+def _check_type(name: str, model_type: str, arch: str) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise PreflightError(
             f"model.name={name!r} is a {model_type!r} model ({arch}), not a vision-language "
             f"dual encoder this app loads. Fix: use a model of type {list(SUPPORTED_MODEL_TYPES)}"
             " (e.g. openai/clip-vit-base-patch16)"
         )
-    path = Path(source)
+
+
+def _check_files(path: Path, name: str) -> None:
+    """A local model directory holds a readable config of a supported type, weights, tokenizer
+    and image-processor files (read as files only: no torch, no transformers)."""
     if not path.is_dir():
-        return f"hub id {name}: {model_type} ({arch})"
+        raise PreflightError(
+            f"model directory {name!r} does not exist. Fix: set model.name to an existing local "
+            "directory (saved with save_pretrained) or a hub id such as "
+            "'openai/clip-vit-base-patch16'"
+        )
+    for file in ("config.json", *_JSON_FILES):
+        if (path / file).is_file():
+            try:
+                json.loads((path / file).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as err:
+                raise PreflightError(
+                    f"model directory {path}: {file} is not valid JSON ({err}). Fix: copy the "
+                    "model directory again, or point model.name at an intact copy"
+                ) from err
+    if not (path / "config.json").is_file():
+        raise PreflightError(
+            f"model directory {str(path)!r} has no config.json. Fix: point model.name at a "
+            "directory saved with save_pretrained (config, weights, tokenizer, processor files)"
+        )
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    arch = ", ".join(config.get("architectures") or []) or "no architectures listed"
+    _check_type(name, str(config.get("model_type", "")), arch)
     missing = []
     if not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
         missing.append("weights (model.safetensors or pytorch_model.bin)")
@@ -268,20 +317,10 @@ def _inspect_model(name: str) -> str:
         missing.append(f"image processor (one of {list(PROCESSOR_FILES)})")
     if missing:
         raise PreflightError(
-            f"model directory {source} lacks {'; '.join(missing)}. Fix: save the model with "
+            f"model directory {path} lacks {'; '.join(missing)}. Fix: save the model with "
             "save_pretrained together with its tokenizer and processor (or download the whole "
             "hub repository), and point model.name at that directory"
         )
-    for file in _JSON_FILES:
-        if (path / file).is_file():
-            try:
-                json.loads((path / file).read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as err:
-                raise PreflightError(
-                    f"model directory {source}: {file} is not valid JSON ({err}). Fix: copy the "
-                    "model directory again, or point model.name at an intact copy"
-                ) from err
-    return f"{source}: {model_type} ({arch}), tokenizer and image processor files present"
 
 
 def run_preflight(

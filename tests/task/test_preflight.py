@@ -70,7 +70,8 @@ def test_prefixed_folders_fail_at_the_mapping_and_skip_the_model(scenes: Path) -
 
 
 def test_the_failing_data_path_does_not_import_torch(scenes: Path) -> None:
-    """The launcher's preflight reports a data mistake without torch/transformers start-up."""
+    """The launcher's preflight reports a data mistake, or a model directory that is not there,
+    without torch/transformers start-up."""
     code = (
         "import sys\n"
         "from task.app_config import parse_app_config\n"
@@ -78,12 +79,14 @@ def test_the_failing_data_path_does_not_import_torch(scenes: Path) -> None:
         f"cfg = parse_app_config({{'data.dataset': 'imagefolder', 'data.root': {str(scenes)!r},"
         " 'data.class-names': 'grassland,farmland,industrial,lake', 'data.num-clients': 2})\n"
         "report = run_preflight(cfg)\n"
-        "print(report.ok, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+        f"model = check_model({str(scenes / 'no-model')!r}, quick=True)\n"
+        "print(report.ok, model.ok, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
+    code = code.replace("import run_preflight", "import check_model, run_preflight")
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
-    assert out.stdout.split() == ["False", "False", "False"], out.stderr
+    assert out.stdout.split() == ["False", "False", "False", "False"], out.stderr
 
 
 @pytest.mark.parametrize(
@@ -135,24 +138,26 @@ def test_local_partitioner_checks_the_config_only() -> None:
     assert check.ok and "4 classes" in check.detail and "data-root" in check.detail
 
 
-def test_model_checks(tmp_path: Path, tiny_clip_dir: Path) -> None:
-    assert check_model(str(tiny_clip_dir)).ok
-    missing = check_model(str(tmp_path / "no-model"))
+@pytest.mark.parametrize("quick", [False, True])
+def test_model_checks(tmp_path: Path, tiny_clip_dir: Path, quick: bool) -> None:
+    assert check_model(quick=quick, name=str(tiny_clip_dir)).ok
+    missing = check_model(quick=quick, name=str(tmp_path / "no-model"))
     assert not missing.ok and missing.key == "model.name"
-    assert isinstance(missing.error, BackboneNotFoundError)
+    assert "does not exist" in missing.detail
+    assert isinstance(missing.error, PreflightError if quick else BackboneNotFoundError)
 
     from transformers import BertConfig
 
     bert = tmp_path / "bert"
     BertConfig().save_pretrained(bert)
-    wrong = check_model(str(bert))
+    wrong = check_model(quick=quick, name=str(bert))
     assert not wrong.ok and "'bert'" in wrong.detail and isinstance(wrong.error, PreflightError)
 
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "config.json").write_text((tiny_clip_dir / "config.json").read_text())
     (partial / "model.safetensors").write_bytes(b"")
-    lacking = check_model(str(partial))
+    lacking = check_model(quick=quick, name=str(partial))
     assert not lacking.ok and "tokenizer" in lacking.detail and "image processor" in lacking.detail
 
     broken = tmp_path / "broken"
@@ -160,7 +165,7 @@ def test_model_checks(tmp_path: Path, tiny_clip_dir: Path) -> None:
     for f in tiny_clip_dir.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "preprocessor_config.json").write_text("{not json")
-    bad = check_model(str(broken))
+    bad = check_model(quick=quick, name=str(broken))
     assert not bad.ok and "preprocessor_config.json is not valid JSON" in bad.detail
 
 
