@@ -343,9 +343,13 @@ def launch_job(
     record: dict[str, Any] = {}
     try:
         _run_job(cfg, out_dir, base, session, outcome, record)
-    except (ConfigError, ValueError) as err:  # an impossible config: this job cannot start
-        outcome.status, outcome.returncode = "failed", PREFLIGHT_FAILED
-        outcome.error = str(err).splitlines()[0]
+    except (ConfigError, ValueError, OSError) as err:  # bad config, no `flwr` on PATH, ...
+        if session.stopped:  # not run anyway: an earlier job failed
+            outcome.status = "not run"
+        else:
+            outcome.status = "failed"
+            outcome.returncode = PREFLIGHT_FAILED if isinstance(err, ValueError) else 1
+            outcome.error = str(err).splitlines()[0]
         print(f"[launch] job #{index}: {err}", flush=True)
     record.update(status=outcome.status, error=outcome.error, overrides=outcome.overrides)
     if outcome.returncode:

@@ -287,3 +287,21 @@ def test_cache_location_is_not_part_of_the_run_name(tmp_path: Path) -> None:
     # once a run exists under the current name, that one wins
     write_run(tmp_path / "runs", here["run.name"], here, 1, finish=False)
     assert composed_flat(cfg_for(tmp_path, *common), REPO)["run.name"] == here["run.name"]
+
+
+def test_a_job_that_cannot_start_is_a_failed_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session
+) -> None:
+    def no_flwr(cmd, env):
+        raise FileNotFoundError("[Errno 2] No such file or directory: 'flwr'")
+
+    monkeypatch.setattr(launch_mod, "_run_flwr", no_flwr)
+    out = launch_job(cfg_for(tmp_path), tmp_path / "a", REPO)
+    assert (out.status, out.returncode) == ("failed", 1) and "'flwr'" in out.error
+    bad = launch_job(cfg_for(tmp_path, "++run_config.train.lr=-1"), tmp_path / "b", REPO)
+    assert bad.status == "not run"  # the first failure stopped the sweep
+    fresh = launch_mod.Session()
+    bad = launch_job(
+        cfg_for(tmp_path, "++run_config.train.lr=-1"), tmp_path / "c", REPO, session=fresh
+    )
+    assert (bad.returncode, bad.error) == (2, "train.lr must be > 0, got -1.0")
