@@ -24,6 +24,8 @@
 #   bash scripts/grid_standin.sh cross    # the cross-dataset federation (UC Merced + AID)
 #   bash scripts/grid_standin.sh fullft   # fedavg-full, the communication baseline
 #   python -m task.report --runs runs --out docs/results.md --variant-keys loss.alpha
+# A sweep exits non-zero when any of its jobs failed (continue_on_error only lets the others run),
+# so the script stops there; running it again skips the complete runs and resumes the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

@@ -25,7 +25,6 @@ from flwr.serverapp.strategy import (
 
 from server_app.strategy import SharedPromptFedAvg, expected_examples
 from server_app.transport import content_bytes, from_record, payload_bytes, to_record
-from task.backbone import _resolve_source
 from task.data.federation import write_run_manifest
 from task.federated import (
     AppConfig,
@@ -36,6 +35,7 @@ from task.federated import (
     parse_app_config,
 )
 from task.methods import get_method
+from task.preflight import run_preflight
 from task.run_dir import RunDir, summarise
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,17 @@ class RoundFailedError(RuntimeError):
 
 
 def preflight(cfg: AppConfig) -> None:
-    """Checks that need the disk, before anything is written: model directory, data, split.
+    """task.preflight before anything is written: data root, folder-to-class mapping, images per
+    class, federation (built once, through the cached get_federation), model directory.
 
     With data.partitioner=local the data lives only on the nodes (node config data-root): the
     server lists nothing, and each node checks its own folder when it first gets a message.
-    Raises a clear error (BackboneNotFoundError, DataError, ...) naming the key to fix.
+    Raises the failing check's own error (DataError, BackboneNotFoundError, ...) naming the key
+    to fix; the report is logged either way.
     """
-    _resolve_source(cfg.core.model.name)  # a missing local model directory fails here
-    if cfg.core.data.partitioner != "local":
-        get_federation(cfg.core.data)  # listing, partitioning: e.g. more clients than images
+    report = run_preflight(cfg, build=get_federation)
+    (log.info if report.ok else log.error)("%s", report.format())
+    report.raise_first()
 
 
 def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,12 +12,19 @@ depend on the model, so use ``shared_keys_for(model)``; ``full_finetune`` tells 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from task.config import LossConfig, PromptConfig
-from task.prompt_learner import PRIVATE_KEY, SHARED_KEY
+
+if TYPE_CHECKING:  # torch is imported where used: the launcher and the run-config parser read
+    from torch import nn  # METHODS without paying torch's start-up (task.preflight)
+
+
+def _prompt_keys() -> tuple[str, str]:
+    """(shared, private) state-dict keys of the prompt learner (imported on first use)."""
+    from task.prompt_learner import PRIVATE_KEY, SHARED_KEY
+
+    return SHARED_KEY, PRIVATE_KEY
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,11 @@ class Method:
     def shared_keys(self) -> tuple[str, ...]:
         if self.full_finetune:  # model-dependent: see shared_keys_for
             return ()
-        return (SHARED_KEY,) if self.has_shared and self.trains else ()
+        return (_prompt_keys()[0],) if self.has_shared and self.trains else ()
 
     @property
     def private_keys(self) -> tuple[str, ...]:
-        return (PRIVATE_KEY,) if self.has_private and self.trains else ()
+        return (_prompt_keys()[1],) if self.has_private and self.trains else ()
 
     @property
     def uses_cached_features(self) -> bool:

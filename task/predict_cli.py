@@ -419,7 +419,14 @@ def run_predict(args: argparse.Namespace) -> int:
         summary += ": " + ", ".join(p for p, _ in report.skipped[:10])
         summary += " ..." if n_bad > 10 else ""
     print(summary, file=sys.stderr)
-    return EXIT_OK if n_ok else EXIT_NOTHING_PREDICTED
+    if not n_ok:  # a script must not mistake "nothing could be read" for success
+        print(
+            f"error: none of the {len(paths)} input image(s) could be read; nothing was "
+            f"predicted (exit code {EXIT_NOTHING_PREDICTED})",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING_PREDICTED
+    return EXIT_OK
 
 
 # -- output formats ------------------------------------------------------------------------

@@ -7,7 +7,9 @@ separators and camel case, then split glued compounds with a small vocabulary).
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 
 UCMERCED: dict[str, str] = {
@@ -204,35 +206,99 @@ def class_key(name: str) -> str:
     return name.replace(" ", "").lower()
 
 
-def match_folders(folders: list[str], class_names: list[str], dataset: str) -> dict[str, int]:
+def match_folders(
+    folders: list[str],
+    class_names: list[str],
+    dataset: str,
+    folder_map: Mapping[str, int] | None = None,
+    *,
+    local: bool = False,
+) -> dict[str, int]:
     """Map each class folder to its index in `class_names` (humanised names, e.g. from
-    DataConfig.class_name_list). A folder matches when its humanised name (dataset table first,
-    then the generic rule) has the same class_key as an entry; unknown folders are a DataError
-    naming them and the list, so a node can never invent a label the others lack.
+    DataConfig.class_name_list).
+
+    A folder named in `folder_map` (the ``folder=words`` entries, DataConfig.class_folder_map)
+    gets that class; any other folder matches when its humanised name (dataset table first, then
+    the generic rule) has the same class_key as an entry. Unknown folders are a DataError naming
+    them and suggesting the ``folder=words`` entries that would fix it, so a node can never invent
+    a label the others lack. A mapped folder that is absent is an error unless ``local`` (a node
+    may lack classes).
     """
     from task.data.errors import DataError
 
+    mapped = dict(folder_map or {})
     index = {class_key(n): i for i, n in enumerate(class_names)}
     out: dict[str, int] = {}
     unknown: list[str] = []
     for folder in folders:
+        if folder in mapped:
+            out[folder] = mapped[folder]
+            continue
         keys = (class_key(humanize(folder, dataset)), class_key(humanize_generic(folder)))
         hit = next((index[k] for k in keys if k in index), None)
         if hit is None:
             unknown.append(folder)
         else:
             out[folder] = hit
-    if unknown:
+    absent = [f for f in mapped if f not in folders]
+    if absent and not local:
+        entries = [f"{f}={class_names[mapped[f]]}" for f in absent]
+        near = {f: difflib.get_close_matches(f, folders, n=1) for f in absent}
+        hints = [f"{f!r} -> did you mean {m[0]!r}?" for f, m in near.items() if m]
         raise DataError(
-            f"class folder(s) {unknown} match no entry of data.class-names {class_names}. Fix: "
-            "rename the folder(s) to one of those classes, remove them, or (coordinator) add "
-            "the class to data.class-names for every node"
+            f"data.class-names entr{'y' if len(entries) == 1 else 'ies'} {entries} name(s) "
+            f"folder(s) {absent} that do not exist; the class folders are {folders}"
+            f"{' (' + '; '.join(hints) + ')' if hints else ''}. Fix: write the folder name "
+            "exactly as on disk (case matters) on the left of '=' in data.class-names"
         )
+    if unknown:
+        raise DataError(_unknown_folders_message(unknown, class_names, mapped, dataset, local))
     clash = sorted({i for i in out.values() if list(out.values()).count(i) > 1})
     if clash:
         dup = [[f for f, i in out.items() if i == c] for c in clash]
         raise DataError(
-            f"class folders {dup} all map to the same class; merge or rename them"
-            " (Fix: one folder per class)"
+            f"class folders {dup} all map to the same class "
+            f"{[class_names[c] for c in clash]}; merge or rename them, or map each to its own "
+            "class with folder=words entries in data.class-names (Fix: one folder per class)"
         )
     return out
+
+
+_INDEX_PREFIX = re.compile(r"^\d+[\s_\-.]*")
+
+
+def _unknown_folders_message(
+    unknown: list[str],
+    class_names: list[str],
+    mapped: Mapping[str, int],
+    dataset: str,
+    local: bool,
+) -> str:
+    """The error for folders that match no class, with a data.class-names value that fixes it
+    when every such folder is a class name behind an index prefix ("01_Grassland")."""
+    index = {class_key(n): i for i, n in enumerate(class_names)}
+    taken = set(mapped.values())
+    guess: dict[int, str] = {}
+    for folder in unknown:
+        rest = _INDEX_PREFIX.sub("", folder)
+        keys = (class_key(humanize(rest, dataset)), class_key(humanize_generic(rest)))
+        hit = next((index[k] for k in keys if k in index), None)
+        if rest and hit is not None and hit not in taken and hit not in guess:
+            guess[hit] = folder
+    by_label = {i: f for f, i in mapped.items()}
+    if len(guess) == len(unknown):
+        value = ",".join(
+            f"{guess.get(i, by_label.get(i))}={n}" if i in guess or i in by_label else n
+            for i, n in enumerate(class_names)
+        )
+        example = f"data.class-names='{value}'"
+    else:  # some folders have no recognisable name: entries for them, guessed where possible
+        named = {f: class_names[i] for i, f in guess.items()}
+        pairs = ",".join(f"{f}={named.get(f, '<prompt words>')}" for f in unknown)
+        example = f"entries '{pairs}' in place of the plain entries they stand for"
+    node = ", or (coordinator) add the class to data.class-names for every node" if local else ""
+    return (
+        f"class folder(s) {unknown} match no entry of data.class-names {class_names}. Fix: map "
+        f"each folder to its class with a folder=words entry, e.g. {example}; or rename the "
+        f"folder(s) to one of those classes, or remove them{node}"
+    )

@@ -35,7 +35,9 @@ class DataConfig:
     test_fraction: float = 0.2  # per-client stratified held-out share
     val_fraction: float = 0.0  # share of each client's train split held out as val; 0 = none
     holdout: str = "test"  # test | val: the split clients evaluate on (val: for tuning)
-    class_names: str = ""  # label space, "beach,dense residential,..." (required for local)
+    # label space, "beach,dense residential,..." or "01_Beach=beach,..." (folder=words entries
+    # map a folder to its prompt words); required for local
+    class_names: str = ""
     seed: int = 0
     skip_corrupt: bool = False  # corrupt images: skip and count (True) or raise (False)
     verify: str = "open"  # none | open (header, fast) | decode (full decode, slow)
@@ -148,23 +150,64 @@ class DataConfig:
                 '--node-config "data-root=/path/to/its/images ..."',
             )
 
+    def class_entries(self) -> list[tuple[str, str]]:
+        """`class_names` split into (folder, words) per entry; folder is "" for a plain entry.
+
+        A plain entry (``beach``) is matched to a folder by name; ``folder=words`` (e.g.
+        ``01_Grassland=grassland``) names the folder exactly, so folder names and prompt words
+        may differ. Each malformed entry is a ValueError naming it.
+        """
+        raw = [p.strip() for p in self.class_names.split(",")]
+        if raw == [""]:
+            return []
+        if "" in raw:
+            raise _err(
+                "class-names", f"has an empty entry in {self.class_names!r}", "remove extra commas"
+            )
+        out: list[tuple[str, str]] = []
+        for entry in raw:
+            folder, sep, words = (p.strip() for p in entry.partition("="))
+            if not sep:
+                out.append(("", entry))
+                continue
+            if not folder or not words or "=" in words:
+                raise _err(
+                    "class-names",
+                    f"entry {entry!r} is not folder=words",
+                    "write e.g. '01_Grassland=grassland' (one '=', a folder name on the left, "
+                    "the class's prompt words on the right)",
+                )
+            out.append((folder, words))
+        seen: dict[str, str] = {}
+        for (folder, _), entry in zip(out, raw, strict=True):
+            if folder and folder in seen:
+                raise _err(
+                    "class-names",
+                    f"entries {seen[folder]!r} and {entry!r} both map folder {folder!r}",
+                    "map each folder once",
+                )
+            seen[folder] = entry
+        return out
+
     def class_name_list(self) -> list[str]:
         """`class_names` as prompt words (label i = entry i), normalised like folder names."""
         from task.data.classnames import class_key, humanize
 
-        entries = [p.strip() for p in self.class_names.split(",")]
-        if entries == [""]:
-            return []
-        if "" in entries:
-            raise _err(
-                "class-names", f"has an empty entry in {self.class_names!r}", "remove extra commas"
-            )
-        names = [humanize(e, self.dataset) for e in entries]
+        entries = self.class_entries()
+        names = [humanize(words, self.dataset) for _, words in entries]
         keys = [class_key(n) for n in names]
-        dupes = sorted({e for e, k in zip(entries, keys, strict=True) if keys.count(k) > 1})
+        raw = [f"{f}={w}" if f else w for f, w in entries]
+        dupes = sorted({e for e, k in zip(raw, keys, strict=True) if keys.count(k) > 1})
         if dupes:
-            raise _err("class-names", f"names the same class twice: {dupes}", "list it once")
+            mapped = any("=" in e for e in dupes)
+            what = "map two folders to one class" if mapped else "name the same class twice"
+            fix = "merge the folders on disk to pool their images" if mapped else "list it once"
+            raise _err("class-names", f"entries {dupes} {what}", fix)
         return names
+
+    def class_folder_map(self) -> dict[str, int]:
+        """{folder: label} for the ``folder=words`` entries of `class_names` (label = position)."""
+        return {folder: i for i, (folder, _) in enumerate(self.class_entries()) if folder}
 
     def cross_groups(self) -> list[tuple[str, int]]:
         """Parse `cross` into [(dataset, n_clients), ...] in the given order."""

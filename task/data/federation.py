@@ -137,7 +137,7 @@ def federate(groups: list[tuple[Listing, int]], cfg: DataConfig) -> Federation:
     clients: list[ClientData] = []
     for g, (listing, k) in enumerate(groups):
         if given and not cross:
-            records, label_map[listing.dataset] = _relabel(listing, given)
+            records, label_map[listing.dataset] = relabel(listing, cfg)
         else:
             names = [harmonize(n, aliases) if cross else n for n in listing.class_names]
             label_map[listing.dataset] = dict(zip(listing.folders, names, strict=True))
@@ -210,9 +210,23 @@ def split_client(
     return ClientData(cid, recs(train), recs(test), source, val=recs(val))
 
 
-def _relabel(listing: Listing, class_names: list[str]) -> tuple[list[ImageRecord], dict]:
-    """Records labelled by their folder's index in `class_names`, and folder -> class name."""
-    to_index = match_folders(listing.folders, class_names, listing.dataset)
+def relabel(
+    listing: Listing, cfg: DataConfig, local: bool = False
+) -> tuple[list[ImageRecord], dict[str, str]]:
+    """Records labelled by data.class-names (folder=words entries first, then by name), and
+    folder -> class name. A shared federation (not ``local``) needs images for every class."""
+    class_names = cfg.class_name_list()
+    to_index = match_folders(
+        listing.folders, class_names, listing.dataset, cfg.class_folder_map(), local=local
+    )
+    covered = set(to_index.values())
+    missing = [n for i, n in enumerate(class_names) if i not in covered]
+    if missing and not local:
+        raise DataError(
+            f"data.class-names lists {missing}, which no class folder under {listing.root} "
+            f"matches (folders: {listing.folders}): every class needs images. Fix: map a folder "
+            "to each with a folder=words entry, add those folders, or remove the entries"
+        )
     remap = [to_index[f] for f in listing.folders]
     records = [dataclasses.replace(r, label=remap[r.label]) for r in listing.records]
     return records, {f: class_names[to_index[f]] for f in listing.folders}
@@ -238,7 +252,7 @@ def build_local_federation(cfg: DataConfig, root: str, partition_id: int) -> Fed
             listing.records, skip_corrupt=cfg.skip_corrupt, decode=cfg.verify == "decode"
         )
     class_names = cfg.class_name_list()
-    records, folders = _relabel(listing, class_names)
+    records, folders = relabel(listing, cfg, local=True)
     need = min_images(cfg)
     if len(records) < need:
         raise DataError(

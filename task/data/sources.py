@@ -52,14 +52,14 @@ def _raise(err: OSError) -> None:
     raise err
 
 
-def scan_image_folder(root: str | os.PathLike[str], dataset: str, local: bool = False) -> Listing:
-    """List `<root>/<class>/<image>`; raise DataError for missing/unreadable/empty input.
+def _root_key(local: bool) -> str:
+    return "node config data-root" if local else "data.root (or data.cross-roots)"
 
-    local=True is one node's own folder (data.partitioner=local): a node may lack classes, so
-    empty class folders are dropped (not an error) and the class count is not compared with the
-    dataset's; the errors name the node config key data-root instead of data.root.
-    """
-    key = "node config data-root" if local else "data.root (or data.cross-roots)"
+
+def list_class_folders(root: str | os.PathLike[str], local: bool = False) -> tuple[Path, list[str]]:
+    """(resolved root, sorted class folder names): the root exists, is a folder, can be listed
+    and has class sub-folders; otherwise a DataError naming the key to fix. Reads no images."""
+    key = _root_key(local)
     root_path = Path(root).expanduser().resolve()
     if not root_path.exists():
         raise DataError(
@@ -75,11 +75,29 @@ def scan_image_folder(root: str | os.PathLike[str], dataset: str, local: bool = 
         class_dirs = sorted(
             (e.name for e in os.scandir(root_path) if e.is_dir() and not e.name.startswith(".")),
         )
-        if not class_dirs:
-            raise DataError(
-                f"data root {root_path} has no class sub-folders. Fix: lay images out as "
-                "<root>/<class>/<image> (one folder per class)"
-            )
+    except PermissionError as err:
+        raise DataError(
+            f"cannot read {err.filename or root_path}: permission denied. Fix: "
+            "make the data folder readable by this user"
+        ) from err
+    if not class_dirs:
+        raise DataError(
+            f"data root {root_path} has no class sub-folders. Fix: lay images out as "
+            "<root>/<class>/<image> (one folder per class)"
+        )
+    return root_path, class_dirs
+
+
+def scan_image_folder(root: str | os.PathLike[str], dataset: str, local: bool = False) -> Listing:
+    """List `<root>/<class>/<image>`; raise DataError for missing/unreadable/empty input.
+
+    local=True is one node's own folder (data.partitioner=local): a node may lack classes, so
+    empty class folders are dropped (not an error) and the class count is not compared with the
+    dataset's; the errors name the node config key data-root instead of data.root.
+    """
+    key = _root_key(local)
+    root_path, class_dirs = list_class_folders(root, local)
+    try:
         records: list[ImageRecord] = []
         files_of = {folder: _list_images(root_path / folder) for folder in class_dirs}
         empty = [folder for folder in class_dirs if not files_of[folder]]

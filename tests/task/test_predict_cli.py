@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ from task.predict_cli import RunLoadError, export_main, load_run_model, main, pr
 from task.private_store import PrivateStore
 from task.run_dir import RunDir
 from tests.conftest import SHARED, TINY_CLASSES, save_tiny_clip, write_synthetic_images
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_run(
@@ -166,11 +170,26 @@ def test_nothing_readable_and_missing_inputs(run_dir, tmp_path, capsys):
     bad.mkdir()
     (bad / "a.png").write_bytes(b"nope")
     assert predict_main(["--run", str(run_dir), str(bad)]) == 1
-    assert "0 image(s) predicted, 1 unreadable skipped: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "0 image(s) predicted, 1 unreadable skipped: " in err
+    assert "error: none of the 1 input image(s) could be read" in err
     assert predict_main(["--run", str(run_dir), str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert predict_main(["--run", str(run_dir), str(tmp_path / "runs")]) == 2
     assert "no image files found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_nothing_readable_exits_non_zero_from_the_command_line(run_dir, tmp_path):
+    """The installed entry points and `python -m` pass the exit code on (scripts rely on it)."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"nope")
+    cmd = [sys.executable, "-m", "task.predict_cli", "predict", "--run", str(run_dir), str(bad)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "0 image(s) predicted, 1 unreadable skipped" in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_backbone_mismatch_errors_unless_allowed(run_dir, images, tmp_path, capsys):
