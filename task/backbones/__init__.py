@@ -8,11 +8,10 @@ from task.backbones.base import (
     VisionTower,
     tokenize_class_prompts,
 )
-from task.backbones.families import FAMILIES, MODEL_TYPES, towers_for
+from task.backbones.families import FAMILIES, towers_for
 
 __all__ = [
     "FAMILIES",
-    "MODEL_TYPES",
     "ImageFeatures",
     "TextTower",
     "Towers",

@@ -16,7 +16,6 @@ FAMILIES: dict[str, Callable[[nn.Module, object], Towers]] = {
     "VisionTextDualEncoderModel": dual_encoder_towers,
     "SiglipModel": siglip_towers,
 }
-MODEL_TYPES = {"clip", "vision-text-dual-encoder", "siglip"}  # config.json model_type values
 
 
 def towers_for(model: nn.Module, tokenizer: object) -> Towers:

@@ -223,3 +223,14 @@ def test_unsupported_model_class_is_a_clear_error(tmp_path):
     tok.save_pretrained(tmp_path)
     with pytest.raises((UnsupportedModelError, OSError), match="BertModel|supported|processor"):
         load_backbone(ModelConfig(name=str(tmp_path), device="cpu"))
+
+
+def test_preflight_accepts_exactly_the_loadable_families():
+    """The launcher's torch-free preflight lists config model types; the loader model classes.
+    They must name the same families."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    from task.backbones import FAMILIES
+    from task.preflight import SUPPORTED_MODEL_TYPES
+
+    assert {MODEL_MAPPING_NAMES[t] for t in SUPPORTED_MODEL_TYPES} == set(FAMILIES)
