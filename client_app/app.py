@@ -38,7 +38,14 @@ from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 from flwr.clientapp.typing import ClientAppCallable  # noqa: E402
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
 
-from server_app.transport import ARRAYS, CONFIG, METRICS, from_record, to_record  # noqa: E402
+from server_app.transport import (  # noqa: E402
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    ZEROSHOT_KEY,
+    from_record,
+    to_record,
+)
 from task.federated import FederatedClient, parse_app_config  # noqa: E402
 from task.private_store import PrivateStore  # noqa: E402
 
@@ -164,7 +171,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     t0, c0 = time.perf_counter(), time.process_time()
     client, server_round, _ = _client(msg, context)
     shared, _ = _shared(msg)
-    res = client.evaluate(shared, server_round)
+    with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT_KEY, False))
+    res = client.evaluate(shared, server_round, with_zeroshot)
     metrics = {
         "num-examples": int(res.personalised.num_examples),
         "personalised-accuracy": float(res.personalised.accuracy),
@@ -175,6 +183,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         "partition-id": client.partition_id,
         "private-round": -1 if res.private_round is None else int(res.private_round),
     }
+    if res.zeroshot is not None:
+        metrics["zeroshot-accuracy"] = float(res.zeroshot.accuracy)
     metrics.update(_timings(client, t0, c0))
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 

@@ -9,6 +9,7 @@ drive it in-process with a fake Grid.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -24,7 +25,13 @@ from flwr.serverapp.strategy import (
 )
 
 from server_app.strategy import SharedPromptFedAvg, expected_examples
-from server_app.transport import content_bytes, from_record, payload_bytes, to_record
+from server_app.transport import (
+    ZEROSHOT_KEY,
+    content_bytes,
+    from_record,
+    payload_bytes,
+    to_record,
+)
 from task.data.federation import write_run_manifest
 from task.federated import (
     AppConfig,
@@ -36,7 +43,7 @@ from task.federated import (
 )
 from task.methods import get_method
 from task.preflight import run_preflight
-from task.run_dir import RunDir, summarise
+from task.run_dir import RunDir, summarise, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +107,9 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     rows = run.read_metrics()
     summary = summarise(rows, {"run": name, "experiment": run.experiment_id})
     run.write_summary(summary)
-    run.plot_curves()
+    curves = run.plot_curves()
     log.info("run %s finished: %s", name, {k: summary[k] for k in list(summary)[:5]})
+    log.info("%s", summary_table(summary, cfg, run.root, curves))
     return summary
 
 
@@ -217,9 +225,12 @@ def _round(
     )
     if evaluated:
         random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample-eval"))
+        eval_config = ConfigRecord(config)
+        if not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics()):
+            eval_config[ZEROSHOT_KEY] = True  # once per run: the reference on the same images
         messages = list(
             strategy.configure_evaluate(
-                server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
+                server_round, to_record(shared, srv.fp16_transport), eval_config, grid
             )
         )
         _count(messages, bytes_to)
@@ -233,6 +244,8 @@ def _round(
             record["personalised_loss"] = float(metrics["personalised-loss"])
             if srv.global_eval == "client":
                 record["global_accuracy"] = float(metrics["global-accuracy"])
+            if "zeroshot-accuracy" in metrics:
+                record["zeroshot_accuracy"] = float(metrics["zeroshot-accuracy"])
         record.setdefault("clients_ok", rep.ok)
         if srv.global_eval == "server":
             res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
@@ -271,6 +284,10 @@ def _round(
         record["round_seconds"],
     )
     return shared
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _missing(messages: list, replies: list, server_round: int, kind: str) -> int:

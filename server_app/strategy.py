@@ -309,6 +309,9 @@ class SharedPromptFedAvg(FedAvg):
         for key in ("personalised-accuracy", "global-accuracy", "personalised-loss"):
             out[key] = weighted_mean([(m.get(key), m[NUM_EXAMPLES]) for _, _, m in kept])
         out[NUM_EXAMPLES] = int(sum(m[NUM_EXAMPLES] for _, _, m in kept))
+        if all("zeroshot-accuracy" in m for _, _, m in kept):
+            pairs = [(m["zeroshot-accuracy"], m[NUM_EXAMPLES]) for _, _, m in kept]
+            out["zeroshot-accuracy"] = weighted_mean(pairs)
         for msg, _, m in kept:
             report.per_client[int(m.get("partition-id", -1))] = {
                 "node": msg.metadata.src_node_id,

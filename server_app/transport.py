@@ -16,6 +16,7 @@ from flwr.common.serde import recorddict_to_proto
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+ZEROSHOT_KEY = "zeroshot"  # evaluate config: also report the frozen zero-shot accuracy
 
 
 def to_record(tensors: Mapping[str, torch.Tensor], fp16: bool = False) -> ArrayRecord:

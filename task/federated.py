@@ -209,6 +209,7 @@ class ClientEval:
     personalised: EvalResult
     global_: EvalResult
     private_round: int | None
+    zeroshot: EvalResult | None = None  # the frozen model's template ensemble, when asked
 
 
 class FederatedClient:
@@ -298,16 +299,22 @@ class FederatedClient:
             self.store.save(state[PRIVATE_KEY], server_round)
         return {k: state[k].detach().cpu().clone() for k in self.method.shared_keys}, result
 
-    def evaluate(self, shared: Mapping[str, torch.Tensor], server_round: int) -> ClientEval:
-        """Personalised (shared + private) and shared-only accuracy on this client's test split."""
+    def evaluate(
+        self, shared: Mapping[str, torch.Tensor], server_round: int, with_zeroshot: bool = False
+    ) -> ClientEval:
+        """Personalised (shared + private) and shared-only accuracy on this client's test split;
+        ``with_zeroshot``: also the frozen model's zero-shot accuracy on the same images (the
+        reference a run's gain is measured against; prompt methods only)."""
         if self.method.full_finetune:
             return self._evaluate_full(shared)
         feats = self.features("test")
         scale = self.backbone.logit_scale
-        if not self.method.trains:
+        zeroshot = None
+        if with_zeroshot or not self.method.trains:
             text = zeroshot_features(self.backbone, self.fed.class_names)
-            res = evaluate(text, feats, "clip", self.cfg.loss, scale, personalised=False)
-            return ClientEval(res, res, None)
+            zeroshot = evaluate(text, feats, "clip", self.cfg.loss, scale, personalised=False)
+        if not self.method.trains:
+            return ClientEval(zeroshot, zeroshot, None, zeroshot)
         learner, private_round = self.learner(shared, server_round)
         text = prompt_features(learner)
         head = self.method.head_for(self.cfg.loss)
@@ -315,7 +322,7 @@ class FederatedClient:
             text, feats, head, self.cfg.loss, scale, personalised=self.method.has_private
         )
         global_ = evaluate(text, feats, head, self.cfg.loss, scale, personalised=False)
-        return ClientEval(personal, global_, private_round)
+        return ClientEval(personal, global_, private_round, zeroshot)
 
     # fedavg-full: the whole image encoder + head, trained on images (no cache, nothing private)
     def _train_full(

@@ -214,6 +214,11 @@ def summarise(rows: list[Mapping[str, Any]], extra: Mapping[str, Any] | None = N
             default=None,
         ),
         "final_per_client": last.get("per_client"),
+        "zeroshot_accuracy": next(
+            (m["zeroshot_accuracy"] for m in rows if _finite(m.get("zeroshot_accuracy"))), None
+        ),
+        "bytes_up_per_client_round": _per_client_round(rows, "bytes_from_clients"),
+        "bytes_down_per_client_round": _per_client_round(rows, "bytes_to_clients"),
         "final_train_loss": rows[-1].get("train_loss") if rows else None,
         "bytes_to_clients": sum(m.get("bytes_to_clients", 0) for m in rows),
         "bytes_from_clients": sum(m.get("bytes_from_clients", 0) for m in rows),
@@ -253,3 +258,55 @@ def _atomic_write(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _per_client_round(rows: list[Mapping[str, Any]], key: str) -> float | None:
+    """Mean bytes one client sent (or received) in one round, over the rounds run."""
+    pairs = [
+        (m.get(key, 0), len(m.get("per_client") or {}) or m.get("clients_ok") or 0) for m in rows
+    ]
+    values = [b / n for b, n in pairs if n]
+    return sum(values) / len(values) if values else None
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if _finite(value) else "-"
+
+
+def _size(n: Any) -> str:
+    if not _finite(n):
+        return "-"
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def summary_table(summary: Mapping[str, Any], cfg: Any, root: Path, curves: Path) -> str:
+    """The short table a run ends with: what it reached against zero-shot on the same test
+    images, what it cost, and where everything is."""
+    core = cfg.core
+    zs, pers, glob = (summary.get(k) for k in (
+        "zeroshot_accuracy", "final_personalised_accuracy", "final_global_accuracy"
+    ))  # fmt: skip
+    gain = f" ({100 * (pers - zs):+.1f} points)" if _finite(pers) and _finite(zs) else ""
+    minutes, seconds = divmod(int(round(summary.get("wall_seconds") or 0)), 60)
+    rows = [
+        ("zero-shot, same test images", _pct(zs)),
+        (f"personalised, round {summary.get('final_round')}", _pct(pers) + gain),
+        ("global (shared prompt only)", _pct(glob)),
+        (
+            "sent per client per round",
+            f"{_size(summary.get('bytes_up_per_client_round'))} up, "
+            f"{_size(summary.get('bytes_down_per_client_round'))} down",
+        ),
+        ("wall time of the rounds", f"{minutes} min {seconds:02d} s"),
+        ("run directory", str(root)),
+        ("curves", str(curves)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    head = (
+        f"{core.method.name} on {core.data.dataset}, {core.data.num_clients} clients, "
+        f"model {Path(core.model.name).name}"
+    )
+    return "\n".join([head, *(f"  {k:<{width}}  {v}" for k, v in rows)])
