@@ -44,8 +44,9 @@ from task.backbone import Backbone, load_backbone
 from task.backbones import towers_for
 from task.config import LossConfig, ModelConfig, PromptConfig, TrainConfig
 from task.data.records import load_rgb
+from task.learner import build_learner
 from task.losses import objective, prompt_set
-from task.methods import build_learner, get_method
+from task.methods import get_method
 from task.ot import patch_prompt_ot
 from task.prompt_learner import PromptLearner
 from task.train import make_optimizer

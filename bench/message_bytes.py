@@ -36,8 +36,8 @@ def measure(work: Path, text_width: int, fp16: bool, clients: int = 3) -> dict[s
     from flwr.common.serde import message_to_proto
 
     from client_app.app import app as client_app
+    from protocol.messages import content_bytes
     from server_app.loop import run_server
-    from server_app.transport import content_bytes
     from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
     from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
 

@@ -1,6 +1,6 @@
 """Flower ClientApp: private prompt on local disk, shared prompt from/to the server.
 
-Thin adapter over task.federated.FederatedClient: decode the message, run the round, reply with
+Thin adapter over task.client (make_client): decode the message, run the round, reply with
 the shared tensors and metrics only. For ``method.name=fedavg-full`` the "shared tensors" are the
 whole image encoder + linear head (trained on raw images; nothing private, nothing cached).
 
@@ -29,7 +29,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local dirs or already cached
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import dataclasses  # noqa: E402
 
 import torch  # noqa: E402
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
@@ -38,7 +37,7 @@ from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 from flwr.clientapp.typing import ClientAppCallable  # noqa: E402
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
 
-from server_app.transport import (  # noqa: E402
+from protocol.messages import (  # noqa: E402
     ARRAYS,
     CONFIG,
     METRICS,
@@ -46,12 +45,11 @@ from server_app.transport import (  # noqa: E402
     from_record,
     to_record,
 )
-from task.federated import FederatedClient, parse_app_config  # noqa: E402
+from task.client import FederatedClient, make_client  # noqa: E402
+from task.config import apply_node_config, parse_app_config  # noqa: E402
 from task.private_store import PrivateStore  # noqa: E402
 
-PRIVATE_DIR_KEY = "private-dir"
-CACHE_DIR_KEY = "cache-dir"
-DATA_ROOT_KEY = "data-root"
+DATA_ROOT_KEY = "data-root"  # also the node's whole partition with data.partitioner=local
 FAULT_ENV = "FEDRSCLIP_FAULT"
 
 
@@ -85,7 +83,6 @@ def _faults(stage: str, partition_id: int, server_round: int) -> bool:
 
 def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]:
     """The federated client for this node and the round the message belongs to."""
-    cfg = parse_app_config(dict(context.run_config))
     node = context.node_config
     if "partition-id" not in node:
         raise ValueError(
@@ -93,31 +90,25 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
             '--node-config "partition-id=N num-partitions=M"'
         )
     partition_id = int(node["partition-id"])
+    cfg = apply_node_config(parse_app_config(dict(context.run_config)), node)
     config = msg.content.config_records[CONFIG]
-    base = str(node.get(PRIVATE_DIR_KEY, "") or cfg.client.private_dir)
-    core = cfg.core
-    if node.get(CACHE_DIR_KEY):
-        core = dataclasses.replace(
-            core, cache=dataclasses.replace(core.cache, dir=str(node[CACHE_DIR_KEY]))
-        )
-    data_root = str(node.get(DATA_ROOT_KEY, "") or "")
-    if data_root and core.data.partitioner != "local":
-        core = dataclasses.replace(core, data=dataclasses.replace(core.data, root=data_root))
     server_round = int(config["server-round"])
-    store = PrivateStore(base, str(config["experiment"]), partition_id, cfg.client.on_corrupt)
+    store = PrivateStore(
+        cfg.client.private_dir, str(config["experiment"]), partition_id, cfg.client.on_corrupt
+    )
     if _faults("save", partition_id, server_round):
 
         def crash(tmp: object) -> None:
             raise InjectedFault(f"injected fault: crash before saving {tmp} (FEDRSCLIP_FAULT)")
 
         store.before_replace = crash
-    client = FederatedClient(
-        core,
+    client = make_client(
+        cfg.core,
         partition_id,
         store,
         progress=cfg.client.progress,
         on_corrupt=cfg.client.on_corrupt,
-        data_root=data_root,
+        data_root=str(node.get(DATA_ROOT_KEY, "") or ""),
     )
     return client, server_round, cfg.server.fp16_transport
 

@@ -8,7 +8,7 @@ composes configs and sweeps. Each (multirun) job flattens ``run_config`` to Flow
         --federation-config "num-supernodes=<data.num-clients>"
 
 The launcher fixes ``run.name`` (the name the app itself would derive, see
-``task.app_config.default_run_name``), so it knows the run directory before starting. A sweep runs
+``task.config.default_run_name``), so it knows the run directory before starting. A sweep runs
 its jobs one after another and, per job:
 
 * **skip**: ``runs/<name>/summary.json`` exists and its ``final_round`` reaches
@@ -57,13 +57,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from task.app_config import default_run_name, legacy_run_name, parse_app_config
-from task.config import ConfigError
+from task.config import (
+    PATH_KEYS,
+    ConfigError,
+    default_run_name,
+    legacy_run_name,
+    parse_app_config,
+)
 from task.preflight import Check, PreflightReport, check_data, check_model
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-# Keys holding a local path; made absolute because the SuperLink may run in another directory.
-PATH_KEYS = ("data.root", "data.cache-dir", "cache.dir", "run.dir", "client.private-dir")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,26 +25,22 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
 )
 
-from server_app.strategy import SharedPromptFedAvg, expected_examples
-from server_app.transport import (
+from protocol.messages import (
     ZEROSHOT_KEY,
     content_bytes,
     from_record,
     payload_bytes,
     to_record,
 )
+from server_app.strategy import SharedPromptFedAvg, expected_examples
+from task.config import AppConfig, parse_app_config
 from task.data.federation import write_run_manifest
-from task.federated import (
-    AppConfig,
-    derive_seed,
-    get_federation,
-    global_evaluate,
-    initial_shared,
-    parse_app_config,
-)
+from task.data_source import data_source
+from task.global_model import global_evaluate, initial_shared
 from task.methods import get_method
 from task.preflight import run_preflight
 from task.run_dir import RunDir, summarise, summary_table
+from task.runtime import derive_seed, get_federation
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +73,9 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
     done = run.last_completed_round()
     if done is None:
-        local = core.data.partitioner == "local"
-        write_run_manifest(core.data, None if local else get_federation(core.data), run.root)
+        source = data_source(core.data)
+        listed = source.federation() if source.server_lists else None
+        write_run_manifest(core.data, listed, run.root)
         shared = initial_shared(core)
         run.save_checkpoint(0, shared)
         done = 0
@@ -131,6 +129,57 @@ def dp_wrapper(cfg: AppConfig, strategy: SharedPromptFedAvg):
     return cls(strategy, srv.dp_noise_multiplier, srv.dp_clipping_norm, num_sampled_clients=1)
 
 
+@dataclass
+class RoundTally:
+    """What one round's phases (train, evaluate) add up to: bytes each way per node, failures,
+    rejections, per-client values; becomes the round's metrics line."""
+
+    bytes_to: dict[int, int] = field(default_factory=dict)
+    bytes_from: dict[int, int] = field(default_factory=dict)
+    node_pid: dict[int, int] = field(default_factory=dict)
+    per_client: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failed: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    keys_seen: set[str] = field(default_factory=set)
+    payload: int = 0
+
+    def sent(self, messages: list) -> None:
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.bytes_to[node] = self.bytes_to.get(node, 0) + content_bytes(msg)
+
+    def absorb(self, rep: Any, missing: int = 0) -> None:
+        """Fold one phase's reply report (train or evaluate) into the round's tallies."""
+        for node, n in rep.bytes_from.items():
+            self.bytes_from[node] = self.bytes_from.get(node, 0) + n
+        self.failed += rep.failed + missing
+        self.rejected.extend(rep.rejected)
+        self.keys_seen.update(rep.reply_array_keys)
+        for pid, values in rep.per_client.items():
+            self.node_pid[values["node"]] = pid
+            self.per_client.setdefault(pid, {}).update(values)
+
+    def metrics(self, fp16_transport: bool) -> dict[str, Any]:
+        per_client = {pid: dict(v) for pid, v in self.per_client.items()}
+        for node, n in self.bytes_to.items():
+            per_client.setdefault(self.node_pid.get(node, -node), {})["bytes_received"] = n
+        for node, n in self.bytes_from.items():
+            per_client.setdefault(self.node_pid.get(node, -node), {})["bytes_sent"] = n
+        for values in per_client.values():
+            values.pop("node", None)
+        return {
+            "per_client": {str(pid): per_client[pid] for pid in sorted(per_client)},
+            "clients_failed": self.failed,
+            "replies_rejected": len(self.rejected),
+            "rejected": self.rejected,
+            "reply_array_keys": sorted(self.keys_seen),
+            "bytes_to_clients": sum(self.bytes_to.values()),
+            "bytes_from_clients": sum(self.bytes_from.values()),
+            "shared_payload_bytes": self.payload,
+            "fp16_transport": fp16_transport,
+        }
+
+
 def _round(
     grid: Grid,
     cfg: AppConfig,
@@ -141,81 +190,16 @@ def _round(
     server_round: int,
     dp: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """One round; writes its checkpoint and metrics line; returns the new shared prompt."""
-    srv = cfg.server
+    """One round: train phase, evaluation phase (every k rounds), then the round's record
+    (checkpoint and metrics line); returns the new shared prompt."""
     t0 = time.perf_counter()
     config = ConfigRecord({"experiment": run.experiment_id})
-    bytes_to: dict[int, int] = {}
-    bytes_from: dict[int, int] = {}
-    node_pid: dict[int, int] = {}
+    tally = RoundTally()
     record: dict[str, Any] = {"round": server_round, "train_loss": None}
-    per_client: dict[int, dict[str, Any]] = {}
-    failed = 0
-    rejected: list[dict[str, Any]] = []
-    keys_seen: set[str] = set()
-    payload = 0
-
-    def absorb(rep: Any, missing: int = 0) -> None:
-        """Fold one phase's reply report (train or evaluate) into the round's tallies."""
-        nonlocal failed
-        _merge(bytes_from, rep.bytes_from)
-        failed += rep.failed + missing
-        rejected.extend(rep.rejected)
-        keys_seen.update(rep.reply_array_keys)
-        for pid, values in rep.per_client.items():
-            node_pid[values["node"]] = pid
-            per_client.setdefault(pid, {}).update(values)
-
     if trains:  # also methods that share nothing (local training): they still train
-        # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
-        random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
-        trainer = dp if dp is not None else strategy
-        messages = list(
-            trainer.configure_train(
-                server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
-            )
-        )
-        payload = payload_bytes(messages[0].content) if messages else 0
-        _count(messages, bytes_to)
-        replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
-        missing = _missing(messages, replies, server_round, "train")
-        if dp is None:
-            arrays, metrics = strategy.aggregate_train(server_round, replies)
-            rep = strategy.train_report
-        else:
-            # The DP wrapper clips whatever it is given and skips the round on any error reply:
-            # give it only replies that passed validation, and keep the report on the others.
-            valid, pre = strategy.prescreen(replies)
-            dp.num_sampled_clients = max(1, len(messages))
-            np.random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "dp-noise"))
-            arrays, metrics = dp.aggregate_train(server_round, valid)
-            rep = strategy.train_report
-            rep.failed += pre.failed
-            rep.rejected = pre.rejected + rep.rejected
-            rep.bytes_from = {**pre.bytes_from, **rep.bytes_from}
-            rep.reply_array_keys |= pre.reply_array_keys
-        rep.failed += missing
-        if rep.ok < srv.min_replies:
-            err = RoundFailedError(
-                f"round {server_round} failed: {rep.ok} valid training repl"
-                f"{'y' if rep.ok == 1 else 'ies'} of {len(messages)} sent (failed {rep.failed}, "
-                f"rejected {len(rep.rejected)}; reasons: "
-                f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.min_replies}. "
-                f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
-                f"resumes after round {server_round - 1}"
-            )
-            log.error("%s", err)
-            raise err
-        absorb(rep)
-        if arrays is not None:
-            shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
-            record["train_loss"] = float(metrics["train-loss"]) if metrics else None
-        else:
-            log.warning(
-                "round %d: no valid training reply; the shared prompt is unchanged", server_round
-            )
-        record["clients_ok"] = rep.ok
-
+        shared, train = _train_phase(grid, cfg, strategy, dp, shared, server_round, config, tally)
+        record.update(train)
+    srv = cfg.server
     evaluated = server_round % srv.eval_every == 0 or server_round == srv.num_rounds
     record.update(
         evaluated=evaluated,
@@ -224,51 +208,10 @@ def _round(
         global_eval=srv.global_eval if evaluated else None,
     )
     if evaluated:
-        random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample-eval"))
-        eval_config = ConfigRecord(config)
-        if not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics()):
-            eval_config[ZEROSHOT_KEY] = True  # once per run: the reference on the same images
-        messages = list(
-            strategy.configure_evaluate(
-                server_round, to_record(shared, srv.fp16_transport), eval_config, grid
-            )
-        )
-        _count(messages, bytes_to)
-        replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
-        missing = _missing(messages, replies, server_round, "evaluate")
-        metrics = strategy.aggregate_evaluate(server_round, replies)
-        rep = strategy.eval_report
-        absorb(rep, missing)
-        if metrics is not None:
-            record["personalised_accuracy"] = float(metrics["personalised-accuracy"])
-            record["personalised_loss"] = float(metrics["personalised-loss"])
-            if srv.global_eval == "client":
-                record["global_accuracy"] = float(metrics["global-accuracy"])
-            if "zeroshot-accuracy" in metrics:
-                record["zeroshot_accuracy"] = float(metrics["zeroshot-accuracy"])
-        record.setdefault("clients_ok", rep.ok)
-        if srv.global_eval == "server":
-            res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
-            record["global_accuracy"] = res.accuracy
-            record["global_loss"] = res.loss
-
-    for node, n in bytes_to.items():
-        per_client.setdefault(node_pid.get(node, -node), {})["bytes_received"] = n
-    for node, n in bytes_from.items():
-        per_client.setdefault(node_pid.get(node, -node), {})["bytes_sent"] = n
-    for values in per_client.values():
-        values.pop("node", None)
-    record.update(
-        per_client={str(pid): per_client[pid] for pid in sorted(per_client)},
-        clients_failed=failed,
-        replies_rejected=len(rejected),
-        rejected=rejected,
-        reply_array_keys=sorted(keys_seen),
-        bytes_to_clients=sum(bytes_to.values()),
-        bytes_from_clients=sum(bytes_from.values()),
-        shared_payload_bytes=payload,
-        fp16_transport=srv.fp16_transport,
-    )
+        fields = _evaluate_phase(grid, cfg, strategy, run, shared, server_round, tally)
+        record.setdefault("clients_ok", fields.pop("clients_ok"))  # the train phase's count wins
+        record.update(fields)
+    record.update(tally.metrics(srv.fp16_transport))
     run.save_checkpoint(server_round, shared)
     record["round_seconds"] = time.perf_counter() - t0
     run.append_metrics(record)
@@ -279,11 +222,117 @@ def _round(
         record["personalised_accuracy"],
         record["global_accuracy"],
         record.get("clients_ok"),
-        failed,
-        len(rejected),
+        tally.failed,
+        len(tally.rejected),
         record["round_seconds"],
     )
     return shared
+
+
+def _train_phase(
+    grid: Grid,
+    cfg: AppConfig,
+    strategy: SharedPromptFedAvg,
+    dp: Any,
+    shared: dict[str, torch.Tensor],
+    server_round: int,
+    config: ConfigRecord,
+    tally: RoundTally,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Send the global state, aggregate the valid replies (through the DP wrapper if any);
+    returns the new shared state and the phase's record fields."""
+    srv = cfg.server
+    # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
+    random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
+    trainer = dp if dp is not None else strategy
+    messages = list(
+        trainer.configure_train(
+            server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
+        )
+    )
+    tally.payload = payload_bytes(messages[0].content) if messages else 0
+    tally.sent(messages)
+    replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+    missing = _missing(messages, replies, server_round, "train")
+    if dp is None:
+        arrays, metrics = strategy.aggregate_train(server_round, replies)
+        rep = strategy.train_report
+    else:
+        # The DP wrapper clips whatever it is given and skips the round on any error reply:
+        # give it only replies that passed validation, and keep the report on the others.
+        valid, pre = strategy.prescreen(replies)
+        dp.num_sampled_clients = max(1, len(messages))
+        np.random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "dp-noise"))
+        arrays, metrics = dp.aggregate_train(server_round, valid)
+        rep = strategy.train_report
+        rep.failed += pre.failed
+        rep.rejected = pre.rejected + rep.rejected
+        rep.bytes_from = {**pre.bytes_from, **rep.bytes_from}
+        rep.reply_array_keys |= pre.reply_array_keys
+    rep.failed += missing
+    if rep.ok < srv.min_replies:
+        err = RoundFailedError(
+            f"round {server_round} failed: {rep.ok} valid training repl"
+            f"{'y' if rep.ok == 1 else 'ies'} of {len(messages)} sent (failed {rep.failed}, "
+            f"rejected {len(rep.rejected)}; reasons: "
+            f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.min_replies}. "
+            f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
+            f"resumes after round {server_round - 1}"
+        )
+        log.error("%s", err)
+        raise err
+    tally.absorb(rep)
+    fields: dict[str, Any] = {"clients_ok": rep.ok}
+    if arrays is not None:
+        shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
+        fields["train_loss"] = float(metrics["train-loss"]) if metrics else None
+    else:
+        log.warning(
+            "round %d: no valid training reply; the shared prompt is unchanged", server_round
+        )
+    return shared, fields
+
+
+def _evaluate_phase(
+    grid: Grid,
+    cfg: AppConfig,
+    strategy: SharedPromptFedAvg,
+    run: RunDir,
+    shared: dict[str, torch.Tensor],
+    server_round: int,
+    tally: RoundTally,
+) -> dict[str, Any]:
+    """Ask the clients to score the global state (personalised with their private parts), and
+    the first time in a run also the frozen zero-shot model; returns the record fields."""
+    srv = cfg.server
+    random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample-eval"))
+    eval_config = ConfigRecord({"experiment": run.experiment_id})
+    if not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics()):
+        eval_config[ZEROSHOT_KEY] = True  # once per run: the reference on the same images
+    messages = list(
+        strategy.configure_evaluate(
+            server_round, to_record(shared, srv.fp16_transport), eval_config, grid
+        )
+    )
+    tally.sent(messages)
+    replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+    missing = _missing(messages, replies, server_round, "evaluate")
+    metrics = strategy.aggregate_evaluate(server_round, replies)
+    rep = strategy.eval_report
+    tally.absorb(rep, missing)
+    fields: dict[str, Any] = {"clients_ok": rep.ok}
+    if metrics is not None:
+        fields["personalised_accuracy"] = float(metrics["personalised-accuracy"])
+        fields["personalised_loss"] = float(metrics["personalised-loss"])
+        if srv.global_eval == "client":
+            fields["global_accuracy"] = float(metrics["global-accuracy"])
+        if "zeroshot-accuracy" in metrics:
+            fields["zeroshot_accuracy"] = float(metrics["zeroshot-accuracy"])
+    if srv.global_eval == "server":
+        res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
+        fields["global_accuracy"] = res.accuracy
+        fields["global_loss"] = res.loss
+    return fields
 
 
 def _finite(value: Any) -> bool:
@@ -299,14 +348,3 @@ def _missing(messages: list, replies: list, server_round: int, kind: str) -> int
             "round %d %s: no reply from node(s) %s (counted as failed)", server_round, kind, gone
         )
     return len(gone)
-
-
-def _count(messages: list, into: dict[int, int]) -> None:
-    for msg in messages:
-        node = msg.metadata.dst_node_id
-        into[node] = into.get(node, 0) + content_bytes(msg)
-
-
-def _merge(into: dict[int, int], more: dict[int, int]) -> None:
-    for node, n in more.items():
-        into[node] = into.get(node, 0) + n

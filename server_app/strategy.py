@@ -32,8 +32,9 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from server_app.transport import ARRAYS, METRICS, content_bytes, from_record
-from task.federated import check_shared, get_federation, weighted_average, weighted_mean
+from protocol.messages import ARRAYS, METRICS, content_bytes, from_record
+from task.aggregate import check_shared, weighted_average, weighted_mean
+from task.data_source import data_source
 
 log = logging.getLogger(__name__)
 NUM_EXAMPLES = "num-examples"
@@ -365,11 +366,4 @@ def expected_examples(core: Any) -> dict[str, dict[int, int]]:
     examples each partition can honestly report (train: max(1, epochs) x its train split, as
     task.train counts them; evaluate: its test split), when the server can list the federation
     (every partitioner but ``local``, whose images live only on the nodes). Empty otherwise."""
-    if core.data.partitioner == "local":
-        return {}
-    fed = get_federation(core.data)
-    epochs = max(1, int(core.train.epochs))
-    return {
-        "expected_train_examples": {c.client_id: epochs * len(c.train) for c in fed.clients},
-        "expected_eval_examples": {c.client_id: len(c.test) for c in fed.clients},
-    }
+    return data_source(core.data).expected_examples(core.train.epochs)

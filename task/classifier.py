@@ -40,10 +40,11 @@ from task.backbone import Backbone
 from task.config import LossConfig, RunConfig
 from task.data.records import CorruptImageError, load_rgb
 from task.data.sources import IMAGE_EXTENSIONS
+from task.learner import build_learner, load_prompts
 from task.losses import compute_logits, head_text, prompt_set
 from task.methods import Method, get_method
 from task.ot import patch_prompt_ot
-from task.prompt_learner import PRIVATE_KEY, SHARED_KEY, PromptFeatures, PromptLearner
+from task.prompt_learner import PRIVATE_KEY, SHARED_KEY, PromptFeatures
 from task.train import prompt_features
 from task.zeroshot import zeroshot_features
 
@@ -288,35 +289,21 @@ def class_features(
         raise ValueError(f"method {method.name!r} needs the run's shared prompt ({SHARED_KEY})")
     if private_ctx is not None and not method.has_private:
         raise ValueError(f"method {method.name!r} has no private prompt, but one was given")
-    learner = PromptLearner(
+    learner = build_learner(
+        method,
         backbone,
-        list(class_names),
+        class_names,
         cfg.prompt,
-        with_shared=method.has_shared,
-        with_private=private_ctx is not None,
         seed=cfg.train.seed,
+        personal=private_ctx is not None,
     )
     state = {}
     if method.has_shared:
         state[SHARED_KEY] = shared_ctx
     if private_ctx is not None:
         state[PRIVATE_KEY] = private_ctx
-    _load_ctx(learner, state)
+    load_prompts(learner, state)
     return prompt_features(learner)
-
-
-def _load_ctx(learner: PromptLearner, state: dict[str, torch.Tensor]) -> None:
-    expected = learner.state_dict()
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"{key} has shape {tuple(value.shape)} but this backbone and prompt config "
-                f"(prompt.n-ctx={learner.cfg.n_ctx}) need {tuple(expected[key].shape)}; was "
-                "the run trained with another model?"
-            )
-    learner.load_state_dict(
-        {k: v.to(expected[k].device, expected[k].dtype) for k, v in state.items()}, strict=True
-    )
 
 
 def classifier_from_prompts(

@@ -14,17 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from task.config import LossConfig, PromptConfig
+if TYPE_CHECKING:  # a registry with no imports of its own: the run-config parser reads METHODS
+    from torch import nn  # (task.config -> task.methods), and nothing here needs torch
 
-if TYPE_CHECKING:  # torch is imported where used: the launcher and the run-config parser read
-    from torch import nn  # METHODS without paying torch's start-up (task.preflight)
+    from task.config import LossConfig, PromptConfig
 
-
-def _prompt_keys() -> tuple[str, str]:
-    """(shared, private) state-dict keys of the prompt learner (imported on first use)."""
-    from task.prompt_learner import PRIVATE_KEY, SHARED_KEY
-
-    return SHARED_KEY, PRIVATE_KEY
+# The prompt learner's two parameters: the only state-dict keys a method may share or keep.
+SHARED_KEY = "shared_ctx"
+PRIVATE_KEY = "private_ctx"
 
 
 @dataclass(frozen=True)
@@ -50,11 +47,11 @@ class Method:
     def shared_keys(self) -> tuple[str, ...]:
         if self.full_finetune:  # model-dependent: see shared_keys_for
             return ()
-        return (_prompt_keys()[0],) if self.has_shared and self.trains else ()
+        return (SHARED_KEY,) if self.has_shared and self.trains else ()
 
     @property
     def private_keys(self) -> tuple[str, ...]:
-        return (_prompt_keys()[1],) if self.has_private and self.trains else ()
+        return (PRIVATE_KEY,) if self.has_private and self.trains else ()
 
     @property
     def uses_cached_features(self) -> bool:
@@ -78,23 +75,18 @@ class Method:
             "ot" in self.head_for(loss) or (self.ot_alignment and loss.beta > 0)
         )
 
-    def learner_kwargs(self, prompt: PromptConfig) -> dict[str, Any]:
-        """Keyword arguments of ``PromptLearner`` (besides backbone, class names, cfg, seed)."""
+    def learner_kwargs(self, prompt: PromptConfig, personal: bool = True) -> dict[str, Any]:
+        """Keyword arguments of ``PromptLearner`` (besides backbone, class names, cfg, seed);
+        ``personal=False``: the global model only (the shared prompt, no private part)."""
         if self.full_finetune:
             raise ValueError(f"{self.name} has no prompt learner; see task.full_finetune")
+        with_private = self.has_private and personal
         return {
             "with_shared": self.has_shared,
-            "with_private": self.has_private,
-            "private_rank": prompt.rank if self.low_rank_private else 0,
+            "with_private": with_private,
+            "private_rank": prompt.rank if self.low_rank_private and with_private else 0,
             "fusion": self.fusion,
         }
-
-
-def build_learner(method: Method, backbone, class_names: list[str], prompt: PromptConfig, seed=0):
-    """The PromptLearner with exactly the prompts (and shapes) this method uses."""
-    from task.prompt_learner import PromptLearner
-
-    return PromptLearner(backbone, class_names, prompt, seed=seed, **method.learner_kwargs(prompt))
 
 
 def shared_numel(method: Method, learner: nn.Module) -> int:

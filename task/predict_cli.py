@@ -78,7 +78,7 @@ def load_run_model(
       run's ``client.private-dir`` unless ``private_store`` is given. ``private_store`` may also
       name a ``client-<N>`` directory itself or one ``private-r*.safetensors`` file.
     """
-    from task.federated import parse_app_config
+    from task.config import parse_app_config
     from task.methods import get_method
     from task.prompt_learner import SHARED_KEY
     from task.run_dir import RunDir

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from task.config import DataConfig
 from task.data.classnames import humanize, match_folders
-from task.data.config import DataConfig
 from task.data.errors import DataError
 from task.data.federation import build_federation, relabel
 from task.data.sources import Listing, list_class_folders, load_listing
 
 if TYPE_CHECKING:
-    from task.app_config import AppConfig
+    from task.config import AppConfig
     from task.data.federation import Federation
 
 # Model families the backbone loader handles (CLIPModel, VisionTextDualEncoderModel, SiglipModel).

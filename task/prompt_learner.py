@@ -27,9 +27,9 @@ from torch import nn
 from task.backbone import Backbone
 from task.backbones import TextTower, tokenize_class_prompts
 from task.config import ConfigError, PromptConfig
+from task.methods import PRIVATE_KEY, SHARED_KEY
 
-SHARED_KEY = "shared_ctx"
-PRIVATE_KEY = "private_ctx"
+__all__ = ["PRIVATE_KEY", "SHARED_KEY", "PromptFeatures", "PromptLearner"]
 ANCHOR_PHRASE = "a photo of a"  # hand-crafted prompt of FedPGP's contrastive anchor
 
 

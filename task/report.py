@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from task.data.config import parse_cross
+from task.config import parse_cross
 from task.hashing import file_sha256
 from task.methods import METHODS, get_method, prompt_numel
 

@@ -26,18 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-# Keys that may change between an interrupted run and its resumption.
-RESUMABLE_KEYS = frozenset(
-    {
-        "server.num-rounds",
-        "run.resume",
-        "server.timeout",
-        "client.progress",
-        "run.dir",
-        "server.min-replies",
-        "client.on-corrupt",
-    }
-)
+from task.config import RESUMABLE_KEYS  # keys a resumed run may change (declared per key)
 
 
 class RunDirError(RuntimeError):
@@ -75,16 +64,22 @@ class RunDir:
                 )
             state = json.loads(state_path.read_text())
             if state.get("fingerprint") != fingerprint:
+                # The configs decide: a fingerprint written when fewer keys were resumable
+                # (e.g. before moving a cache was allowed) must not block a valid resume.
                 old = json.loads((root / "config.json").read_text())
                 diff = sorted(
                     k
                     for k in set(old) | set(flat_config)
                     if k not in RESUMABLE_KEYS and old.get(k) != flat_config.get(k)
                 )
-                raise RunDirError(
-                    f"cannot resume run {name!r}: its config differs in {diff}. Fix: use a new "
-                    "run.name for a different experiment (only server.num-rounds may change)"
-                )
+                if diff:
+                    raise RunDirError(
+                        f"cannot resume run {name!r}: its config differs in {diff}. Fix: use a "
+                        "new run.name for a different experiment (only keys such as "
+                        "server.num-rounds or where caches live may change)"
+                    )
+                state["fingerprint"] = fingerprint
+                _atomic_write(state_path, json.dumps(state, indent=1))
             run = cls(root, state["experiment_id"])
         else:
             root.mkdir(parents=True, exist_ok=True)

@@ -62,8 +62,9 @@ def _fed_ucmerced(tmp_path: Path, model: Path, cache: Path, **overrides) -> dict
 def _zeroshot_and_run(cfg: dict) -> tuple[float, dict]:
     from client_app.app import app as client_app
     from server_app.loop import run_server
+    from task.config import parse_app_config
     from task.features import FeatureCache
-    from task.federated import get_backbone, get_federation, parse_app_config
+    from task.runtime import get_backbone, get_federation
     from task.train import evaluate
     from task.zeroshot import zeroshot_features
     from tests.server_app.inprocess import InProcessGrid, task_identity

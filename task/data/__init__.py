@@ -1,6 +1,6 @@
 """FedRSCLIP data layer: datasets -> records -> federations (no Flower server/client code)."""
 
-from task.data.config import DataConfig
+from task.config import DataConfig
 from task.data.errors import DataError
 from task.data.federation import (
     ClientData,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from task.config import DataConfig
 from task.data.classnames import harmonize, match_folders
-from task.data.config import DataConfig
 from task.data.errors import DataError
 from task.data.partition import PARTITION_HINTS, partition_indices, stratified_split
 from task.data.records import ImageRecord, class_histogram, validate_images

@@ -19,7 +19,8 @@ from flwr.app import (
 )
 
 from client_app.app import app
-from task.federated import initial_shared, parse_app_config
+from task.config import parse_app_config
+from task.global_model import initial_shared
 from task.private_store import PrivateStore
 from tests.conftest import TINY_CLASSES, write_synthetic_images
 from tests.server_app.inprocess import tiny_run_config

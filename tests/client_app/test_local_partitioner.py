@@ -14,8 +14,7 @@ from safetensors import safe_open
 import task.data.federation as federation
 from client_app.app import app as client_app
 from server_app.loop import run_server
-from task.config import ConfigError
-from task.federated import parse_app_config
+from task.config import ConfigError, parse_app_config
 from tests.client_app.test_client_app import _message
 from tests.conftest import TINY_CLASSES, write_synthetic_images
 from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config

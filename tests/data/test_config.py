@@ -5,7 +5,7 @@ import typing
 
 import pytest
 
-from task.data.config import DataConfig
+from task.config import DataConfig
 
 
 def test_defaults_valid_and_scalar() -> None:

@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from task.backbone import BackboneNotFoundError
-from task.config import ConfigError, parse_run_config, to_flat
+from task.config import ConfigError, parse_app_config, parse_run_config, to_flat
 from task.data.errors import DataError
 from task.data.partition import partition_indices
-from task.federated import parse_app_config
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 DEFAULTS = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from task.config import ConfigError
-from task.federated import derive_seed, parse_app_config
+from task.config import ConfigError, parse_app_config
+from task.runtime import derive_seed
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -17,10 +17,12 @@ from flwr.app import MessageType
 from safetensors.torch import load_file
 
 from client_app.app import app as client_app
+from protocol.messages import from_record, to_record
 from server_app.loop import run_server
-from server_app.transport import from_record, to_record
-from task.federated import get_backbone, parse_app_config, run_class_names
+from task.config import parse_app_config
+from task.data_source import run_class_names
 from task.full_finetune import build_full_model
+from task.runtime import get_backbone
 from tests.conftest import TINY_CLASSES, write_synthetic_images
 from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
 

@@ -11,8 +11,9 @@ import pytest
 
 from client_app.app import app as client_app
 from server_app.loop import run_server
+from task.config import parse_app_config
 from task.data import DataError
-from task.federated import get_federation, parse_app_config
+from task.runtime import get_federation
 from tests.conftest import write_synthetic_images
 from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
 

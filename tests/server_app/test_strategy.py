@@ -18,7 +18,7 @@ from flwr.app import (
 )
 
 from server_app.strategy import SharedPromptFedAvg
-from task.federated import check_shared, weighted_average
+from task.aggregate import check_shared, weighted_average
 
 SHAPE = (4, 8)
 

@@ -12,15 +12,9 @@ from task.config import LossConfig, PromptConfig, TrainConfig, parse_run_config
 from task.data.records import ImageRecord
 from task.features import FeatureSet
 from task.full_finetune import build_full_model, evaluate_full, train_full
+from task.learner import build_learner
 from task.losses import objective, proximal_term
-from task.methods import (
-    METHODS,
-    build_learner,
-    get_method,
-    prompt_numel,
-    shared_bytes,
-    shared_numel,
-)
+from task.methods import METHODS, get_method, prompt_numel, shared_bytes, shared_numel
 from task.ot import patch_prompt_ot, unbalanced_sinkhorn_plan
 from task.prompt_learner import PRIVATE_KEY, SHARED_KEY
 from task.train import evaluate, prompt_features, train

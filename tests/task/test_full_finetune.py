@@ -21,9 +21,9 @@ from flwr.app import (
 
 from client_app.app import app
 from task.backbone import load_backbone
-from task.config import ModelConfig, TrainConfig
+from task.config import ModelConfig, TrainConfig, parse_app_config
 from task.data.records import CorruptImageError, ImageRecord
-from task.federated import get_backbone, initial_shared, parse_app_config, run_class_names
+from task.data_source import run_class_names
 from task.full_finetune import (
     build_full_model,
     evaluate_full,
@@ -31,7 +31,9 @@ from task.full_finetune import (
     load_full_model,
     train_full,
 )
+from task.global_model import initial_shared
 from task.methods import get_method, shared_numel
+from task.runtime import get_backbone
 from task.zeroshot import zeroshot_features
 from tests.conftest import TINY_CLASSES, write_synthetic_images
 from tests.server_app.inprocess import tiny_run_config

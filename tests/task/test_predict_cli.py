@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from task.config import parse_run_config
-from task.federated import AppConfig, ClientSection
+from task.config import AppConfig, ClientSection, parse_run_config
 from task.predict_cli import RunLoadError, export_main, load_run_model, main, predict_main
 from task.private_store import PrivateStore
 from task.run_dir import RunDir

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from task.app_config import parse_app_config
 from task.backbone import BackboneNotFoundError
+from task.config import parse_app_config
 from task.data import DataError
 from task.preflight import PreflightError, check_data, check_model, key_to_fix, run_preflight
 from tests.conftest import write_synthetic_images
@@ -74,7 +74,7 @@ def test_the_failing_data_path_does_not_import_torch(scenes: Path) -> None:
     without torch/transformers start-up."""
     code = (
         "import sys\n"
-        "from task.app_config import parse_app_config\n"
+        "from task.config import parse_app_config\n"
         "from task.preflight import run_preflight\n"
         f"cfg = parse_app_config({{'data.dataset': 'imagefolder', 'data.root': {str(scenes)!r},"
         " 'data.class-names': 'grassland,farmland,industrial,lake', 'data.num-clients': 2})\n"

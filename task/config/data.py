@@ -1,12 +1,15 @@
 """Data section of the run config (`data.*` keys), validated before any work starts.
 
 Flower's run config allows scalars only, so every field is a str/int/float/bool; list-like
-settings (cross-dataset federations) are small comma-separated strings.
+settings (cross-dataset federations) are small comma-separated strings. docs/data.md explains
+every key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from task.config.fields import key
 
 PARTITIONERS = ("even", "quantity-skew", "dirichlet", "pathological", "local")
 HOLDOUTS = ("test", "val")
@@ -14,36 +17,84 @@ CLASS_ASSIGNMENTS = ("first-deterministic", "deterministic", "random")
 VERIFY_MODES = ("none", "open", "decode")
 
 
-def _err(key: str, problem: str, fix: str) -> ValueError:
-    return ValueError(f"data.{key}: {problem}. Fix: {fix}")
+def _err(key_name: str, problem: str, fix: str) -> ValueError:
+    return ValueError(f"data.{key_name}: {problem}. Fix: {fix}")
+
+
+# Keys that name the federation (dataset, clients, split) rather than a setup: the report puts
+# them in a table's columns, not in its setup line.
+_FED = {"setup": False}
 
 
 @dataclass
 class DataConfig:
     """Which images, how they are split over clients, and how bad input is treated."""
 
-    dataset: str = "ucmerced"  # registry name (see task.data.registry.REGISTRY)
-    root: str = ""  # local <root>/<class>/<image>; "" -> the registry's hub dataset
-    hub_id: str = ""  # override the registry's hub dataset id
-    cache_dir: str = ".cache/datasets"  # where hub datasets are written out as image files
-    num_clients: int = 10
-    partitioner: str = "even"  # even | quantity-skew | dirichlet | pathological | local
-    alpha: float = 0.5  # Dirichlet concentration (dirichlet: labels, quantity-skew: sizes)
-    classes_per_client: int = 2  # pathological
-    class_assignment: str = "first-deterministic"  # pathological: flwr-datasets mode
-    min_client_size: int = 2  # dirichlet / quantity-skew: fewest images a client may get
-    test_fraction: float = 0.2  # per-client stratified held-out share
-    val_fraction: float = 0.0  # share of each client's train split held out as val; 0 = none
-    holdout: str = "test"  # test | val: the split clients evaluate on (val: for tuning)
-    # label space, "beach,dense residential,..." or "01_Beach=beach,..." (folder=words entries
-    # map a folder to its prompt words); required for local
-    class_names: str = ""
-    seed: int = 0
-    skip_corrupt: bool = False  # corrupt images: skip and count (True) or raise (False)
-    verify: str = "open"  # none | open (header, fast) | decode (full decode, slow)
-    cross: str = ""  # cross-dataset federation, "ucmerced:5,aid:5" (dataset:clients, ...)
-    cross_roots: str = ""  # local roots for `cross`, "ucmerced=/d/ucm,aid=/d/aid"
-    cross_aliases: str = ""  # extra class-name merges, "port=harbor,farmland=agricultural"
+    dataset: str = key("ucmerced", "registry name (`ucmerced`, `aid`, ..., `imagefolder`)", **_FED)
+    root: str = key(
+        "",
+        "local `<root>/<class>/<image>` folder; empty: the registry's hub dataset "
+        "(node config `data-root` overrides)",
+        path=True,
+        node="data-root",
+        **_FED,
+    )
+    hub_id: str = key("", "override the registry's hub dataset id", **_FED)
+    cache_dir: str = key(
+        ".cache/datasets",
+        "where hub datasets are written out as image files",
+        resumable=True,
+        in_name=False,
+        path=True,
+        **_FED,
+    )
+    num_clients: int = key(10, "clients (keep equal to `num-supernodes`)", **_FED)
+    partitioner: str = key(
+        "even", "`even`, `quantity-skew`, `dirichlet`, `pathological` or `local`", **_FED
+    )
+    alpha: float = key(
+        0.5, "Dirichlet concentration (dirichlet: labels, quantity-skew: sizes)", **_FED
+    )
+    classes_per_client: int = key(2, "pathological: classes per client", **_FED)
+    class_assignment: str = key(
+        "first-deterministic", "pathological: flwr-datasets class assignment mode"
+    )
+    min_client_size: int = key(
+        2, "dirichlet / quantity-skew: fewest images a client may get", **_FED
+    )
+    test_fraction: float = key(0.2, "per-client stratified held-out test share")
+    val_fraction: float = key(
+        0.0,
+        "share of each client's train split held out as validation (0 = none); for tuning",
+    )
+    holdout: str = key(
+        "test",
+        "split clients evaluate on: `test`, or `val` (tuning; needs `data.val-fraction` > 0; "
+        "test images never loaded)",
+    )
+    class_names: str = key(
+        "",
+        "label space, comma-separated prompt words (label i = entry i); an entry "
+        "`folder=words` maps a folder whose name is not its class, e.g. "
+        "`01_Grassland=grassland,04_RiverLake=river or lake` (docs/data.md); required with "
+        "`data.partitioner=local`",
+    )
+    seed: int = key(0, "seed of the partition and of each client's splits", **_FED)
+    skip_corrupt: bool = key(
+        False, "corrupt images: skip and count (true) or stop with an error (false)", **_FED
+    )
+    verify: str = key(
+        "open", "image check at listing: `none`, `open` (header, fast) or `decode`", **_FED
+    )
+    cross: str = key(
+        "", "cross-dataset federation, `ucmerced:5,aid:5` (dataset:clients, ...)", **_FED
+    )
+    cross_roots: str = key(
+        "", "local roots for `data.cross`, `ucmerced=/d/ucm,aid=/d/aid`", **_FED
+    )
+    cross_aliases: str = key(
+        "", "extra class-name merges, `port=harbor,farmland=agricultural`", **_FED
+    )
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,0 +1,173 @@
+"""The ML sections of the run config: model, prompt, method, loss, train, cache (+ data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from task.config.data import DataConfig
+from task.config.fields import ConfigError, choice, key
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    """Which frozen dual encoder to load and where to run it."""
+
+    name: str = key(
+        "openai/clip-vit-base-patch16",
+        "hub id or local directory of a supported dual encoder ([Backbones](#backbones))",
+    )  # not a path key: a hub id stays as it is (the launcher resolves existing directories)
+    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`", setup=False)
+    dtype: str = key(
+        "float32", "`float32`, `bfloat16`, `float16` (CUDA only) for the frozen backbone"
+    )
+
+    def validate(self) -> None:
+        choice("model.dtype", self.dtype, DTYPES)
+        if not self.name:
+            raise ConfigError("model.name is empty: give a hub id or a local model directory")
+
+
+@dataclass
+class PromptConfig:
+    """Shape and initialisation of the learnable text context."""
+
+    n_ctx: int = key(4, "context tokens per prompt (h)")
+    init: str = key("a photo of a", "phrase whose token embeddings initialise S; empty: random")
+    fusion: str = key(
+        "separate", "`separate` (S-only and P-only prompts) or `concat` ([S; P; class])"
+    )
+    private_init: str = key("phrase", "initialise P from the phrase or `random`")
+    init_std: float = key(0.02, "std of random context vectors")
+    rank: int = key(2, "rank r of `fedpgp`'s private low-rank part U Vᵀ")
+
+    def validate(self) -> None:
+        if self.n_ctx < 1 or self.n_ctx > 32:
+            raise ConfigError(f"prompt.n-ctx must be in [1, 32], got {self.n_ctx}")
+        if self.rank < 1 or self.rank > 64:
+            raise ConfigError(f"prompt.rank must be in [1, 64], got {self.rank}")
+        choice("prompt.fusion", self.fusion, ("separate", "concat"))
+        choice("prompt.private-init", self.private_init, ("phrase", "random"))
+        if self.init_std <= 0:
+            raise ConfigError(f"prompt.init-std must be > 0, got {self.init_std}")
+
+
+@dataclass
+class MethodConfig:
+    """Which registered method trains (see task.methods)."""
+
+    name: str = key(
+        "fedrsclip", "one of the methods listed in [Running](#running)", setup=False
+    )
+
+    def validate(self) -> None:
+        from task.methods import METHODS  # a registry without imports of its own
+
+        if self.name not in METHODS:
+            raise ConfigError(
+                f"method.name {self.name!r} is unknown; choose one of {sorted(METHODS)}"
+            )
+
+
+@dataclass
+class LossConfig:
+    """Weights and solver settings of the losses (see docs/method.md)."""
+
+    alpha: float = key(1.0, "weight of the dual prompt alignment loss")
+    gamma: float = key(
+        1.0,
+        "weight of CE on the global (shared-only) logits, for methods with a private prompt",
+    )
+    beta: float = key(0.1, "weight of the cross-modal OT alignment loss")
+    dpa_scale: float = key(10.0, "scale s of the dual prompt alignment logits")
+    ot_reg: float = key(0.1, "Sinkhorn entropic regulariser λ")
+    ot_iters: int = key(100, "maximum Sinkhorn iterations")
+    ot_tol: float = key(1e-6, "Sinkhorn marginal tolerance")
+    ot_solver: str = key(
+        "auto",
+        "`auto`: exact closed forms for 1–2 prompts per class (docs/method.md §3); `pot`: "
+        "POT's Sinkhorn always",
+    )
+    head: str = key("clip+ot", "logits: `clip`, `ot` or their mean `clip+ot`")
+    ot_marginal_reg: float = key(
+        0.0, "ρ, marginal penalty of unbalanced OT; 0 = balanced Sinkhorn"
+    )
+    prox_mu: float = key(0.01, "μ of `fedprox`'s proximal term")
+    pgp_weight: float = key(1.0, "weight of `fedpgp`'s contrastive loss")
+    pgp_temp: float = key(1.0, "temperature of `fedpgp`'s contrastive logits")
+
+    def validate(self) -> None:
+        weights = (
+            ("loss.alpha", self.alpha),
+            ("loss.beta", self.beta),
+            ("loss.gamma", self.gamma),
+            ("loss.ot-marginal-reg", self.ot_marginal_reg),
+            ("loss.prox-mu", self.prox_mu),
+            ("loss.pgp-weight", self.pgp_weight),
+        )
+        for name, value in weights:
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.dpa_scale <= 0:
+            raise ConfigError(f"loss.dpa-scale must be > 0, got {self.dpa_scale}")
+        if self.ot_reg <= 0:
+            raise ConfigError(f"loss.ot-reg (Sinkhorn lambda) must be > 0, got {self.ot_reg}")
+        if self.ot_iters < 1:
+            raise ConfigError(f"loss.ot-iters must be >= 1, got {self.ot_iters}")
+        if self.pgp_temp <= 0:
+            raise ConfigError(f"loss.pgp-temp must be > 0, got {self.pgp_temp}")
+        choice("loss.head", self.head, ("clip", "ot", "clip+ot"))
+        choice("loss.ot-solver", self.ot_solver, ("auto", "pot"))
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation on one client."""
+
+    epochs: int = key(1, "local epochs per round")
+    batch_size: int = key(32, "local batch size")
+    lr: float = key(0.002, "learning rate")
+    optimizer: str = key("sgd", "`sgd` (with momentum) or `adamw`")
+    momentum: float = key(0.9, "SGD momentum")
+    weight_decay: float = key(0.0, "weight decay")
+    seed: int = key(0, "seed of initialisation and shuffling", setup=False)
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch-size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
+
+
+@dataclass
+class CacheConfig:
+    """Where frozen image features are cached on local disk."""
+
+    # Where a cache lives changes no result (entries are keyed by content): moving it must
+    # neither rename nor orphan the runs that used it.
+    dir: str = key(
+        ".cache/features",
+        "frozen image-feature cache directory (node config `cache-dir` overrides)",
+        resumable=True,
+        in_name=False,
+        path=True,
+        node="cache-dir",
+        setup=False,
+    )
+
+
+@dataclass
+class RunConfig:
+    """The ML configuration of one run (the federated sections are in task.config.app)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    data: DataConfig = field(default_factory=DataConfig)
