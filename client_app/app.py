@@ -40,12 +40,14 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
 from protocol.messages import (  # noqa: E402
     ARRAYS,
     CONFIG,
+    EVAL_METRICS,
+    EVALUATE_ROUND,
     METRICS,
     ZEROSHOT_KEY,
     from_record,
     to_record,
 )
-from task.client import FederatedClient, make_client  # noqa: E402
+from task.client import ClientEval, FederatedClient, make_client  # noqa: E402
 from task.config import apply_node_config, parse_app_config  # noqa: E402
 from task.private_store import PrivateStore  # noqa: E402
 
@@ -135,7 +137,12 @@ def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally from the received shared prompt; reply with the shared tensors only."""
+    """Train locally from the received shared prompt; reply with the shared tensors only.
+
+    Fused evaluation: when the config names an ``evaluate-round`` r, the received model (round
+    r's aggregate) is first evaluated, with the private prompt as saved at the end of round r,
+    exactly as a separate evaluate message would; the result rides in the same reply.
+    """
     t0, c0 = time.perf_counter(), time.process_time()
     client, server_round, _ = _client(msg, context)
     if _faults("train", client.partition_id, server_round):
@@ -143,6 +150,15 @@ def train(msg: Message, context: Context) -> Message:
     if _faults("hang", client.partition_id, server_round):
         _hang(client.partition_id, server_round)
     shared, fp16 = _shared(msg)
+    config = msg.content.config_records[CONFIG]
+    records = {}
+    evaluate_round = int(config.get(EVALUATE_ROUND, -1))
+    if evaluate_round >= 1:
+        te, ce = time.perf_counter(), time.process_time()
+        res = client.evaluate(shared, evaluate_round, bool(config.get(ZEROSHOT_KEY, False)))
+        records[EVAL_METRICS] = MetricRecord(_eval_metrics(client, res, te, ce))
+        client.feature_seconds = 0.0  # the train timings below start afresh
+        t0, c0 = time.perf_counter(), time.process_time()
     new_shared, result = client.train(shared, server_round)
     metrics = {
         "num-examples": int(result.num_examples) or len(client.data.train),
@@ -152,7 +168,9 @@ def train(msg: Message, context: Context) -> Message:
     }
     metrics.update({f"train-{k}": float(v) for k, v in result.parts.items() if k != "loss"})
     metrics.update(_timings(client, t0, c0))
-    content = RecordDict({ARRAYS: to_record(new_shared, fp16=fp16), METRICS: MetricRecord(metrics)})
+    content = RecordDict(
+        {ARRAYS: to_record(new_shared, fp16=fp16), METRICS: MetricRecord(metrics), **records}
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -164,6 +182,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     shared, _ = _shared(msg)
     with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT_KEY, False))
     res = client.evaluate(shared, server_round, with_zeroshot)
+    metrics = _eval_metrics(client, res, t0, c0)
+    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _eval_metrics(client: FederatedClient, res: ClientEval, t0: float, c0: float) -> dict:
     metrics = {
         "num-examples": int(res.personalised.num_examples),
         "personalised-accuracy": float(res.personalised.accuracy),
@@ -177,7 +200,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if res.zeroshot is not None:
         metrics["zeroshot-accuracy"] = float(res.zeroshot.accuracy)
     metrics.update(_timings(client, t0, c0))
-    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return metrics
 
 
 FAULT_MARKER_ENV = "FEDRSCLIP_FAULT_MARKER"

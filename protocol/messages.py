@@ -17,6 +17,12 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 ZEROSHOT_KEY = "zeroshot"  # evaluate config: also report the frozen zero-shot accuracy
+# Fused evaluation (server.eval-mode=fused): a train message whose config holds EVALUATE_ROUND
+# = r (>= 1) asks the client to evaluate the model it carries (round r's aggregate, with the
+# private prompt saved at the end of round r) before training; the evaluation goes back in the
+# train reply's EVAL_METRICS record, with the keys of an evaluate reply's METRICS.
+EVALUATE_ROUND = "evaluate-round"
+EVAL_METRICS = "eval-metrics"
 
 
 def to_record(tensors: Mapping[str, torch.Tensor], fp16: bool = False) -> ArrayRecord:

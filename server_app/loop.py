@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import (
 )
 
 from protocol.messages import (
+    EVALUATE_ROUND,
     ZEROSHOT_KEY,
     content_bytes,
     from_record,
@@ -99,6 +100,12 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
         min_available_nodes=srv.min_nodes,
     )
     dp = dp_wrapper(cfg, strategy)
+    pending = _pending_round(run)
+    if pending is not None and (srv.eval_mode == "separate" or done >= srv.num_rounds):
+        # Resumed without a next training round to carry it: evaluate that round by itself.
+        fields = _evaluate_phase(grid, cfg, strategy, run, shared, pending, RoundTally())
+        fields.pop("clients_ok")
+        run.update_metrics(pending, {**fields, "evaluated": True, "evaluation": "separate"})
     for server_round in range(done + 1, srv.num_rounds + 1):
         shared = _round(grid, cfg, strategy, run, method.trains, shared, server_round, dp)
 
@@ -191,32 +198,46 @@ def _round(
     dp: Any = None,
 ) -> dict[str, torch.Tensor]:
     """One round: train phase, evaluation phase (every k rounds), then the round's record
-    (checkpoint and metrics line); returns the new shared prompt."""
+    (checkpoint and metrics line); returns the new shared prompt.
+
+    With ``server.eval-mode=fused`` the evaluation of round r's model rides in round r + 1's
+    training messages (which carry that model anyway) and fills round r's line when the
+    replies arrive; only the last round sends a separate evaluate message.
+    """
+    srv = cfg.server
     t0 = time.perf_counter()
-    config = ConfigRecord({"experiment": run.experiment_id})
     tally = RoundTally()
     record: dict[str, Any] = {"round": server_round, "train_loss": None}
+    fused = srv.eval_mode == "fused" and trains
     if trains:  # also methods that share nothing (local training): they still train
-        shared, train = _train_phase(grid, cfg, strategy, dp, shared, server_round, config, tally)
+        pending = _pending_round(run) if fused else None
+        shared, train, evaluation = _train_phase(
+            grid, cfg, strategy, dp, run, shared, server_round, tally, pending
+        )
         record.update(train)
-    srv = cfg.server
-    evaluated = server_round % srv.eval_every == 0 or server_round == srv.num_rounds
+        if pending is not None and evaluation is not None:
+            run.update_metrics(pending, evaluation)
+    due = server_round % srv.eval_every == 0 or server_round == srv.num_rounds
+    now = due and (not fused or server_round == srv.num_rounds)
     record.update(
-        evaluated=evaluated,
+        evaluated=now,
+        evaluation=("fused-pending" if due and not now else srv.eval_mode) if due else None,
         personalised_accuracy=None,
         global_accuracy=None,
-        global_eval=srv.global_eval if evaluated else None,
+        global_eval=srv.global_eval if due else None,
     )
-    if evaluated:
+    if now:
         fields = _evaluate_phase(grid, cfg, strategy, run, shared, server_round, tally)
         record.setdefault("clients_ok", fields.pop("clients_ok"))  # the train phase's count wins
         record.update(fields)
+    elif due and srv.global_eval == "server":  # needs no client: scored now
+        record.update(_server_global_eval(cfg, shared))
     record.update(tally.metrics(srv.fp16_transport))
     run.save_checkpoint(server_round, shared)
     record["round_seconds"] = time.perf_counter() - t0
     run.append_metrics(record)
     log.info(
-        "round %d: train_loss=%s personalised=%s global=%s ok=%s failed=%d rejected=%d (%.1fs)",
+        "round %d: train_loss=%s personalised=%s global=%s ok=%s failed=%d rejected=%d (%.1fs)%s",
         server_round,
         record["train_loss"],
         record["personalised_accuracy"],
@@ -225,8 +246,41 @@ def _round(
         tally.failed,
         len(tally.rejected),
         record["round_seconds"],
+        " (evaluated in the next round's messages)" if due and not now else "",
     )
     return shared
+
+
+def _pending_round(run: RunDir) -> int | None:
+    """The last round whose fused evaluation has not arrived yet (None: nothing pending)."""
+    rows = run.read_metrics()
+    if rows and rows[-1].get("evaluation") == "fused-pending":
+        return int(rows[-1]["round"])
+    return None
+
+
+def _server_global_eval(cfg: AppConfig, shared: dict[str, torch.Tensor]) -> dict[str, Any]:
+    res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
+    return {"global_accuracy": res.accuracy, "global_loss": res.loss}
+
+
+def _eval_fields(metrics: Any, global_eval: str) -> dict[str, Any]:
+    """A round's evaluation fields from the strategy's aggregated evaluation metrics."""
+    fields: dict[str, Any] = {
+        "personalised_accuracy": float(metrics["personalised-accuracy"]),
+        "personalised_loss": float(metrics["personalised-loss"]),
+    }
+    if global_eval == "client":
+        fields["global_accuracy"] = float(metrics["global-accuracy"])
+    if "zeroshot-accuracy" in metrics:
+        fields["zeroshot_accuracy"] = float(metrics["zeroshot-accuracy"])
+    return fields
+
+
+def _needs_zeroshot(run: RunDir) -> bool:
+    """The frozen model's zero-shot accuracy is asked for once per run, with the first
+    evaluation (the reference every later accuracy is compared with, on the same images)."""
+    return not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics())
 
 
 def _train_phase(
@@ -234,14 +288,21 @@ def _train_phase(
     cfg: AppConfig,
     strategy: SharedPromptFedAvg,
     dp: Any,
+    run: RunDir,
     shared: dict[str, torch.Tensor],
     server_round: int,
-    config: ConfigRecord,
     tally: RoundTally,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    evaluate_round: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any] | None]:
     """Send the global state, aggregate the valid replies (through the DP wrapper if any);
-    returns the new shared state and the phase's record fields."""
+    returns the new shared state, the phase's record fields and, when ``evaluate_round`` asked
+    the clients to evaluate the state they received first, that round's evaluation fields."""
     srv = cfg.server
+    config = ConfigRecord({"experiment": run.experiment_id})
+    if evaluate_round is not None:
+        config[EVALUATE_ROUND] = evaluate_round
+        if _needs_zeroshot(run):
+            config[ZEROSHOT_KEY] = True
     # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
     random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
     trainer = dp if dp is not None else strategy
@@ -283,6 +344,9 @@ def _train_phase(
         raise err
     tally.absorb(rep)
     fields: dict[str, Any] = {"clients_ok": rep.ok}
+    evaluation = None
+    if evaluate_round is not None:
+        evaluation = _fused_evaluation(strategy, server_round, replies, srv.global_eval)
     if arrays is not None:
         shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
         fields["train_loss"] = float(metrics["train-loss"]) if metrics else None
@@ -290,7 +354,28 @@ def _train_phase(
         log.warning(
             "round %d: no valid training reply; the shared prompt is unchanged", server_round
         )
-    return shared, fields
+    return shared, fields, evaluation
+
+
+def _fused_evaluation(
+    strategy: SharedPromptFedAvg, server_round: int, replies: list, global_eval: str
+) -> dict[str, Any] | None:
+    """The previous round's evaluation fields from this round's training replies."""
+    metrics = strategy.aggregate_fused_evaluate(server_round, replies)
+    rep = strategy.eval_report
+    if metrics is None:
+        return {"evaluated": False, "evaluation": "fused-missing", "clients_evaluated": 0}
+    per_client = {}
+    for pid, values in rep.per_client.items():
+        per_client[str(pid)] = {k: v for k, v in values.items() if k != "node"}
+    return {
+        **_eval_fields(metrics, global_eval),
+        "evaluated": True,
+        "evaluation": "fused",
+        "clients_evaluated": rep.ok,
+        "eval_rejected": rep.rejected,
+        "per_client": per_client,
+    }
 
 
 def _evaluate_phase(
@@ -307,8 +392,8 @@ def _evaluate_phase(
     srv = cfg.server
     random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample-eval"))
     eval_config = ConfigRecord({"experiment": run.experiment_id})
-    if not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics()):
-        eval_config[ZEROSHOT_KEY] = True  # once per run: the reference on the same images
+    if _needs_zeroshot(run):
+        eval_config[ZEROSHOT_KEY] = True
     messages = list(
         strategy.configure_evaluate(
             server_round, to_record(shared, srv.fp16_transport), eval_config, grid
@@ -322,16 +407,9 @@ def _evaluate_phase(
     tally.absorb(rep, missing)
     fields: dict[str, Any] = {"clients_ok": rep.ok}
     if metrics is not None:
-        fields["personalised_accuracy"] = float(metrics["personalised-accuracy"])
-        fields["personalised_loss"] = float(metrics["personalised-loss"])
-        if srv.global_eval == "client":
-            fields["global_accuracy"] = float(metrics["global-accuracy"])
-        if "zeroshot-accuracy" in metrics:
-            fields["zeroshot_accuracy"] = float(metrics["zeroshot-accuracy"])
+        fields.update(_eval_fields(metrics, srv.global_eval))
     if srv.global_eval == "server":
-        res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
-        fields["global_accuracy"] = res.accuracy
-        fields["global_loss"] = res.loss
+        fields.update(_server_global_eval(cfg, shared))
     return fields
 
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from protocol.messages import ARRAYS, METRICS, content_bytes, from_record
+from protocol.messages import ARRAYS, EVAL_METRICS, METRICS, content_bytes, from_record
 from task.aggregate import check_shared, weighted_average, weighted_mean
 from task.data_source import data_source
 
@@ -112,11 +112,14 @@ class SharedPromptFedAvg(FedAvg):
         return arrays
 
     # -- receiving ----------------------------------------------------------------------------
-    def validate_reply(self, msg: Message, train: bool) -> tuple[dict | None, str | None]:
-        """(shared tensors or {}, None) for a usable reply, (None, reason) otherwise."""
+    def validate_reply(
+        self, msg: Message, train: bool, content: RecordDict | None = None
+    ) -> tuple[dict | None, str | None]:
+        """(shared tensors or {}, None) for a usable reply, (None, reason) otherwise;
+        ``content``: judge this instead of the message's own (a fused reply's evaluation)."""
         if msg.has_error():
             return None, f"error reply: {msg.error.reason}"
-        content = msg.content
+        content = msg.content if content is None else content
         metrics = content.metric_records.get(METRICS)
         if metrics is None:
             return None, "no metrics record"
@@ -156,21 +159,35 @@ class SharedPromptFedAvg(FedAvg):
         reason = check_shared(tensors, self.shared_shapes, self.wire_dtype)
         return (None, reason) if reason else (tensors, None)
 
-    def _screen(self, replies: Iterable[Message], train: bool) -> tuple[list, RoundReport]:
+    def _screen(
+        self,
+        replies: Iterable[Message],
+        train: bool,
+        view: Callable[[Message], RecordDict | None] | None = None,
+    ) -> tuple[list, RoundReport]:
+        """Validate replies; ``view`` picks the content to judge from each reply (None: skip
+        it) and marks a second look at replies already counted (no bytes, no failures)."""
         report = RoundReport()
         kept = []
         seen: set[int] = set()
         for msg in replies:
             node = msg.metadata.src_node_id
-            if self._from_link(msg):
+            content = None
+            if view is not None:
+                content = None if msg.has_error() else view(msg)
+                if content is None:
+                    continue
+            elif self._from_link(msg):
                 continue
-            report.bytes_from[node] = content_bytes(msg)
-            if msg.has_content():
-                for rec in msg.content.array_records.values():
-                    report.reply_array_keys.update(rec)
-            tensors, reason = self.validate_reply(msg, train)
+            else:
+                report.bytes_from[node] = content_bytes(msg)
+                if msg.has_content():
+                    for rec in msg.content.array_records.values():
+                        report.reply_array_keys.update(rec)
+            tensors, reason = self.validate_reply(msg, train, content)
             if reason is None:
-                pid = msg.content.metric_records[METRICS]["partition-id"]
+                content = msg.content if content is None else content
+                pid = content.metric_records[METRICS]["partition-id"]
                 if pid in seen:
                     reason = f"duplicate partition-id {pid} in this round"
                 seen.add(pid)
@@ -183,7 +200,7 @@ class SharedPromptFedAvg(FedAvg):
                     self._reject(report, msg, reason)
                 continue
             report.ok += 1
-            kept.append((msg, tensors, dict(msg.content.metric_records[METRICS])))
+            kept.append((msg, tensors, dict(content.metric_records[METRICS])))
         # Deterministic order (by partition) so float sums do not depend on arrival order.
         kept.sort(key=lambda item: (item[2].get("partition-id", -1), item[0].metadata.src_node_id))
         return kept, report
@@ -212,7 +229,9 @@ class SharedPromptFedAvg(FedAvg):
 
     @staticmethod
     def _reject(report: RoundReport, msg: Message, reason: str) -> None:
-        pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
+        pid = None
+        if msg.has_content():
+            pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
         node = msg.metadata.src_node_id
         report.rejected.append({"node": node, "partition": pid, "reason": reason})
 
@@ -300,7 +319,22 @@ class SharedPromptFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Test-size-weighted personalised and shared-only accuracy, plus per-client values."""
-        kept, report = self._screen(replies, train=False)
+        return self._aggregate_evaluation(*self._screen(replies, train=False))
+
+    def aggregate_fused_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The evaluations that rode in this round's training replies (server.eval-mode=fused):
+        validated and averaged exactly as evaluate replies are; ``eval_report`` counts only the
+        replies that carried one (the train report already counted bytes and failures)."""
+
+        def evaluation(msg: Message) -> RecordDict | None:
+            record = msg.content.metric_records.get(EVAL_METRICS) if msg.has_content() else None
+            return None if record is None else RecordDict({METRICS: record})
+
+        return self._aggregate_evaluation(*self._screen(replies, train=False, view=evaluation))
+
+    def _aggregate_evaluation(self, kept: list, report: RoundReport) -> MetricRecord | None:
         kept, inflated = self._claim_outliers(kept, train=False)
         self._drop(report, inflated)
         self.eval_report = report

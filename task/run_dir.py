@@ -136,6 +136,22 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def update_metrics(self, server_round: int, fields: Mapping[str, Any]) -> None:
+        """Add fields to an earlier round's line (its fused evaluation arrived a round later);
+        per-client values are merged per client. Rewritten atomically."""
+        rows = self.read_metrics()
+        for row in rows:
+            if int(row["round"]) != server_round:
+                continue
+            for key, value in fields.items():
+                if key == "per_client" and isinstance(row.get(key), dict):
+                    for pid, values in value.items():
+                        row[key].setdefault(pid, {}).update(values)
+                else:
+                    row[key] = value
+        text = "".join(json.dumps(_jsonable(m), sort_keys=True) + "\n" for m in rows)
+        _atomic_write(self.metrics_path, text)
+
     def last_completed_round(self) -> int | None:
         """Largest r with a metrics line and a checkpoint for every round 1..r; 0 if only the
         initial checkpoint exists; None for a fresh directory."""

@@ -19,6 +19,7 @@ from task.config.core import RunConfig
 from task.config.fields import ConfigError, flatten, key, section_roles
 
 GLOBAL_EVAL_MODES = ("client", "server", "none")
+EVAL_MODES = ("fused", "separate")
 DP_MODES = ("off", "server", "client")
 ON_CORRUPT_MODES = ("error", "quarantine")
 # Where and how to report: neither names a run nor defines a setup.
@@ -34,6 +35,15 @@ class ServerConfig:
     fraction_evaluate: float = key(1.0, "share of connected nodes that evaluate")
     min_nodes: int = key(2, "wait until this many nodes are connected", setup=False)
     eval_every: int = key(1, "evaluate every k rounds, and always after the last")
+    eval_mode: str = key(
+        "fused",
+        "`fused`: round r's model is evaluated by the clients at the start of round r + 1, in "
+        "the training message that carries it (one message per round; a last evaluate-only "
+        "message after the final round); `separate`: an evaluate message after each round. "
+        "Same model, same images, same accuracies",
+        resumable=True,
+        **_AUX,
+    )
     global_eval: str = key(
         "client",
         "shared-only accuracy: `client` (over the clients' test splits, together the global "
@@ -85,6 +95,10 @@ class ServerConfig:
             raise ConfigError(f"server.min-nodes must be >= 1, got {self.min_nodes}")
         if self.eval_every < 1:
             raise ConfigError(f"server.eval-every must be >= 1, got {self.eval_every}")
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(
+                f"server.eval-mode must be one of {list(EVAL_MODES)}, got {self.eval_mode!r}"
+            )
         if self.global_eval not in GLOBAL_EVAL_MODES:
             raise ConfigError(
                 f"server.global-eval must be one of {list(GLOBAL_EVAL_MODES)}, "
