@@ -377,6 +377,14 @@ class ComposeDemo:
         }
 
     # -- teardown ---------------------------------------------------------------------------------
+    def down_command(self) -> str:
+        """What takes this project down by hand (after --keep)."""
+        cmd = [*self.engine.compose_cmd, "-p", self.project]
+        cmd += ["--in-pod", "false"] if self.engine.name == "podman" else []
+        cmd += [x for f in FILES for x in ("-f", f)]
+        env = " ".join(f"{k}={v}" for k, v in self.engine.env.items())
+        return f"cd {self.project_dir} && {env + ' ' if env else ''}{' '.join(cmd)} down -v"
+
     def down(self) -> dict[str, list[str]]:
         """``down`` with volumes, then remove whatever of the project is left; returns leftovers."""
         with contextlib.suppress(Exception):
@@ -425,19 +433,25 @@ def tiny_inputs(workdir: Path) -> tuple[Path, Path]:
     return model, imgs
 
 
-def demo(ns: argparse.Namespace) -> dict[str, Any]:
-    """Everything, in order; the report says what ran, how long, and what failed."""
-    report: dict[str, Any] = {"problems": []}
-    t_start = time.monotonic()
-    if ns.install:
-        images.install()
-    engine = images.detect_engine(ns.engine)
-    if engine is None:
-        raise RuntimeError(f"no container engine; missing: {', '.join(images.missing_tools())}")
-    report["engine"] = engine.name
-    workdir = Path(ns.workdir).resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+MARKER = ".fedrsclip-compose-demo"
+
+
+def fresh_workdir(path: Path, engine: images.Engine) -> Path:
+    """An empty ``path`` for a new demo; refuses a non-empty folder not made by a demo."""
+    path = path.resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise ValueError(f"{path} is not empty and not a demo workdir: pick another --workdir")
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists() and engine.name == "podman":  # rootless: files of the containers' UID
+            images.run(["podman", "unshare", "rm", "-rf", str(path)], env=engine.env, check=False)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).touch()
+    return path
+
+
+def demo_inputs(ns: argparse.Namespace, workdir: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(model folder, image folder, run config) from the options."""
     if ns.tiny:
         model, image_root = tiny_inputs(workdir)
         run_config = dict(TINY_RUN_CONFIG)
@@ -448,48 +462,78 @@ def demo(ns: argparse.Namespace) -> dict[str, Any]:
         run_config.update(tomllib.loads(Path(ns.run_config).read_text()))
     if ns.rounds:
         run_config["server.num-rounds"] = ns.rounds
-    app = images.AppBuild(
-        f"fedrsclip-app:{ns.app_tag}", ns.torch_index, ns.torch_spec, ns.extra_nodeps,
-        ns.ca_cert if ns.ca_cert is not None else images.host_ca_certs(),
-    )  # fmt: skip
-    t0 = time.monotonic()
-    report["build"] = images.build_all(engine, app, ns.flower_images)
-    report["build"]["seconds"]["total"] = round(time.monotonic() - t0, 1)
-    stack = ComposeDemo(engine, workdir, ns.project or free_project_name(), ns.nodes, app.tag)
-    report["project"] = stack.project
+    return model, image_root, run_config
+
+
+def run_stack(
+    stack: ComposeDemo, ns: argparse.Namespace, inputs: tuple[Path, Path, dict[str, Any]]
+) -> list[str]:
+    """Prepare, up, intruder, run, collect, inspect; returns the problems found."""
+    with stack.timed("prepare"):
+        cfg = stack.prepare(*inputs)
+    with stack.timed("up"):
+        stack.up()
+    if ns.fail_at == "up":
+        raise RuntimeError("--fail-at up: stopping on purpose")
+    with stack.timed("intruder"):
+        stack.facts["intruder"] = stack.intruder()
+    with stack.timed("run"):
+        res = stack.run(cfg, ns.timeout)
+    config = tomllib.loads(cfg.read_text())
+    with stack.timed("collect"):
+        stack.facts["run"] = {"returncode": res.returncode, **stack.collect(config["run.name"])}
+        (stack.workdir / "logs" / "flwr-run.log").write_text(res.stdout)
+        stack.facts |= stack.inspect()
+        stack.facts["experiment"] = stack.facts["run"].get("state", {}).get("experiment_id")
+    problems = checks.check_run(stack.facts, stack.nodes, int(config["server.num-rounds"]))
+    return problems + checks.check_privacy(stack.facts, stack.nodes)
+
+
+def demo(ns: argparse.Namespace) -> dict[str, Any]:
+    """Everything, in order; the report (also <workdir>/report.json) says what ran, how long,
+    and what failed. The stack is taken down whatever happens (unless --keep)."""
+    report: dict[str, Any] = {"problems": []}
+    t_start = time.monotonic()
+    if ns.install:
+        images.install()
+    engine = images.detect_engine(ns.engine)
+    if engine is None:
+        raise RuntimeError(f"no container engine; missing: {', '.join(images.missing_tools())}")
+    report["engine"] = engine.name
+    workdir = fresh_workdir(Path(ns.workdir), engine)
+    stack: ComposeDemo | None = None
     try:
-        with stack.timed("prepare"):
-            cfg = stack.prepare(model, image_root, run_config)
-        with stack.timed("up"):
-            stack.up()
-        if ns.fail_at == "up":
-            raise RuntimeError("--fail-at up: stopping on purpose")
-        with stack.timed("intruder"):
-            stack.facts["intruder"] = stack.intruder()
-        with stack.timed("run"):
-            res = stack.run(cfg, ns.timeout)
-        with stack.timed("collect"):
-            run_name = tomllib.loads(cfg.read_text())["run.name"]
-            stack.facts["run"] = {"returncode": res.returncode, **stack.collect(run_name)}
-            (workdir / "logs" / "flwr-run.log").write_text(res.stdout)
-            stack.facts |= stack.inspect()
-            stack.facts["experiment"] = stack.facts["run"].get("state", {}).get("experiment_id")
-        rounds = int(tomllib.loads(cfg.read_text())["server.num-rounds"])
-        report["problems"] += checks.check_run(stack.facts, ns.nodes, rounds)
-        report["problems"] += checks.check_privacy(stack.facts, ns.nodes)
+        inputs = demo_inputs(ns, workdir)
+        app = images.AppBuild(
+            f"fedrsclip-app:{ns.app_tag}", ns.torch_index, ns.torch_spec, ns.extra_nodeps,
+            ns.ca_cert if ns.ca_cert is not None else images.host_ca_certs(),
+        )  # fmt: skip
+        t0 = time.monotonic()
+        report["build"] = images.build_all(engine, app, ns.flower_images)
+        report["build"]["seconds"]["total"] = round(time.monotonic() - t0, 1)
+        stack = ComposeDemo(engine, workdir, ns.project or free_project_name(), ns.nodes, app.tag)
+        report["project"] = stack.project
+        report["problems"] += run_stack(stack, ns, inputs)
     except Exception as exc:
         report["problems"].append(f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if not ns.keep:
+        if stack is not None and not ns.keep:
             with stack.timed("down"):
                 report["leftovers"] = stack.down()
             if any(report["leftovers"].values()):
                 report["problems"].append(f"left after down: {report['leftovers']}")
-        report["seconds"] = {**stack.seconds, "total": round(time.monotonic() - t_start, 1)}
-        report["facts"] = stack.facts
+        elif stack is not None:
+            report["down"] = stack.down_command()
+            print(f"left running; to stop: {report['down']}")
+        report["seconds"] = {**(stack.seconds if stack else {}), "total": _since(t_start)}
+        report["facts"] = stack.facts if stack else {}
         (workdir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def _since(t0: float) -> float:
+    return round(time.monotonic() - t0, 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

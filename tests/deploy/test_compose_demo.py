@@ -152,6 +152,17 @@ def test_env_and_run_config_for_n_nodes(tmp_path: Path) -> None:
     assert cfg["data.partitioner"] == "local"
 
 
+def test_workdir_is_only_emptied_when_a_demo_made_it(tmp_path: Path) -> None:
+    engine = images.Engine("podman", [])
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a demo workdir"):
+        demo.fresh_workdir(tmp_path, engine)
+    assert (tmp_path / "mine.txt").exists()
+    work = demo.fresh_workdir(tmp_path / "w", engine)
+    (work / "old-report.json").write_text("{}")
+    assert list(demo.fresh_workdir(work, engine).iterdir()) == [work / demo.MARKER]
+
+
 def test_torch_from_a_local_wheel_or_an_index(tmp_path: Path, monkeypatch) -> None:
     wheel = tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
     wheel.touch()
