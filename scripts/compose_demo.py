@@ -106,7 +106,7 @@ def write_env(path: Path, n: int, overrides: Mapping[str, str]) -> None:
 
 def _other_node(key: str, n: int) -> bool:
     parts = key.split("_")
-    return parts[0] == "NODE" and parts[1].isdigit() and int(parts[1]) >= n
+    return len(parts) > 2 and parts[0] == "NODE" and parts[1].isdigit() and int(parts[1]) >= n
 
 
 def container_run_config(local: Mapping[str, Any], n: int) -> dict[str, Any]:
@@ -165,7 +165,9 @@ class ComposeDemo:
     def node_images(self, i: int) -> Path:
         return self.workdir / "nodes" / f"node-{i}" / "images"
 
-    def compose(self, *args: str, files: Sequence[str] = FILES, **kw: Any):
+    def compose(
+        self, *args: str, files: Sequence[str] = FILES, **kw: Any
+    ) -> subprocess.CompletedProcess:
         kw.setdefault("timeout", 600)
         return self.engine.compose(self.project_dir, self.project, files, *args, **kw)
 
