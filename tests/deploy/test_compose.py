@@ -4,7 +4,7 @@
 No Docker engine is needed. Every file combination is validated against the Compose
 Specification's JSON schema (tests/deploy/compose_spec.json, the schema shipped with
 docker-compose 1.29.2, Apache-2.0) and, where the ``docker-compose`` binary is installed, with
-``docker-compose config`` too. The images themselves are not built or run here.
+``docker-compose config`` too. The images are built and the stack run in test_compose_demo.py.
 """
 
 from __future__ import annotations
