@@ -41,7 +41,6 @@ import torch
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from task.backbone import Backbone, load_backbone
-from task.backbones import towers_for
 from task.config import LossConfig, ModelConfig, PromptConfig, TrainConfig
 from task.data.records import load_rgb
 from task.learner import build_learner
@@ -117,11 +116,9 @@ def vitb16_backbone(tokenizer_dir: Path | None) -> Backbone:
     torch.manual_seed(0)
     model = CLIPModel(config).eval().requires_grad_(False)
     processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224)
-    towers = towers_for(model, tokenizer)
-    return Backbone(
-        model, tokenizer, processor, torch.device("cpu"), torch.float32, "random-vit-b16",
-        towers.family, towers.text, towers.vision,
-    )  # fmt: skip
+    return Backbone.from_model(
+        model, tokenizer, processor, torch.device("cpu"), torch.float32, "random-vit-b16"
+    )
 
 
 def image_size(backbone: Backbone) -> int:

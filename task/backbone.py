@@ -11,15 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from task.backbones import ImageFeatures, TextTower, UnsupportedModelError, VisionTower, towers_for
+from task.backbones.families import FAMILY_OF_TYPE, SUPPORTED_MODEL_TYPES
 from task.backbones.optional_imports import timm_for_transformers
+from task.backbones.text_only import load_text_side, text_tower, weight_files
 from task.config import ConfigError, ModelConfig
 from task.hashing import file_sha256_memo
 
@@ -35,24 +43,84 @@ class BackboneNotFoundError(OSError):
 __all__ = ["Backbone", "BackboneNotFoundError", "ImageFeatures", "load_backbone"]
 
 
-@dataclass
 class Backbone:
-    """A frozen dual encoder, its towers, tokenizer and image processor."""
+    """A frozen dual encoder: its text tower, its vision tower (built on first use), tokenizer
+    and image processor.
 
-    model: PreTrainedModel
-    tokenizer: object
-    image_processor: object
-    device: torch.device
-    dtype: torch.dtype
-    identity: str  # content hash of weights + config: keys the feature cache
-    family: str  # clip | dual-encoder | siglip (from the model's class)
-    text: TextTower
-    vision: VisionTower
+    A backbone loaded from a local directory starts with the text side only; the whole model
+    (and so the vision tower) is loaded the first time images are encoded. A client whose image
+    features are cached therefore never pays for the vision tower (in deployment every message
+    is a fresh process).
+    """
+
+    def __init__(
+        self,
+        tokenizer: object,
+        image_processor: object,
+        device: torch.device,
+        dtype: torch.dtype,
+        identity: str,
+        family: str,
+        text: TextTower,
+        logit_scale: float,
+        model: PreTrainedModel | None = None,
+        vision: VisionTower | None = None,
+        load_model: Callable[[], PreTrainedModel] | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = device
+        self.dtype = dtype
+        self.identity = identity  # content hash of weights + config: keys the feature cache
+        self.family = family  # clip | dual-encoder | siglip (from the model's class)
+        self.text = text
+        self._logit_scale = float(logit_scale)
+        self._model = model
+        self._vision = vision
+        self._load_model = load_model
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: object,
+        image_processor: object,
+        device: torch.device,
+        dtype: torch.dtype,
+        identity: str,
+    ) -> Backbone:
+        """A backbone around an already loaded (frozen) model."""
+        towers = towers_for(model, tokenizer)
+        scale = float(model.logit_scale.detach().exp().item())
+        return cls(
+            tokenizer, image_processor, device, dtype, identity, towers.family, towers.text,
+            scale, model=model, vision=towers.vision,
+        )  # fmt: skip
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The whole Hugging Face model (loaded on first access when only the text was)."""
+        if self._model is None:
+            if self._load_model is None:
+                raise RuntimeError("this backbone has no model to load")
+            self._model = self._load_model()
+        return self._model
+
+    @property
+    def vision(self) -> VisionTower:
+        """The vision tower (loads the whole model on first access)."""
+        if self._vision is None:
+            self._vision = towers_for(self.model, self.tokenizer).vision
+        return self._vision
+
+    @property
+    def vision_loaded(self) -> bool:
+        return self._vision is not None
 
     @property
     def logit_scale(self) -> float:
         """CLIP's temperature exp(t) (SigLIP's logit bias shifts every class equally: unused)."""
-        return float(self.model.logit_scale.detach().exp().item())
+        return self._logit_scale
 
     @property
     def embed_dim(self) -> int:
@@ -81,17 +149,14 @@ class Backbone:
 
     @torch.no_grad()
     def encode_sentences(self, sentences: list[str]) -> torch.Tensor:
-        """Unnormalised text features of whole sentences via the model's own
+        """Unnormalised text features of whole sentences, exactly the model's own
         ``get_text_features``, padded the way the family was trained (SigLIP: to full length)."""
         if self.text.sentence_padding == "max_length":
             kwargs = {"padding": "max_length", "max_length": self.text.max_positions}
         else:
             kwargs = {"padding": True}
         inputs = self.tokenizer(sentences, truncation=True, return_tensors="pt", **kwargs)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if self.family == "siglip":
-            inputs.pop("attention_mask", None)  # SigLIP attends to its padding, as trained
-        return self.model.get_text_features(**inputs).pooler_output
+        return self.text.encode_ids({k: v.to(self.device) for k, v in inputs.items()})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,11 +169,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_backbone(cfg: ModelConfig) -> Backbone:
+def load_backbone(cfg: ModelConfig, lazy_vision: bool = True) -> Backbone:
     """Load, freeze and place a supported dual encoder, its tokenizer and its image processor.
 
     Weights load in ``model.dtype`` (float32 by default, whatever dtype they are stored in);
-    the model stays in eval mode, so BatchNorm statistics of CNN towers never change.
+    the model stays in eval mode, so BatchNorm statistics of CNN towers never change. From a
+    local directory with safetensors weights only the text side is read now (``lazy_vision``);
+    the vision tower follows on first use.
     """
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
@@ -116,28 +183,45 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         raise ConfigError("model.dtype='float16' needs CUDA; use 'float32' or 'bfloat16' on CPU")
     source = _resolve_source(cfg.name)
     try:
-        with timm_for_transformers():
-            model = AutoModel.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
         image_processor = AutoImageProcessor.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
     except OSError as err:
         raise BackboneNotFoundError(_not_found_message(cfg.name, err)) from err
-    except ValueError as err:  # transformers: unknown model type or no matching class
+    except ValueError as err:  # transformers: unknown model type
         raise UnsupportedModelError(f"model {cfg.name!r}: {err}") from err
-    model.requires_grad_(False)
-    model.eval()
-    model.to(device)
-    towers = towers_for(model, tokenizer)
-    return Backbone(
-        model,
-        tokenizer,
-        image_processor,
-        device,
-        dtype,
-        _identity(source, model),
-        towers.family,
-        towers.text,
-        towers.vision,
+
+    def load_model() -> PreTrainedModel:
+        try:
+            with timm_for_transformers():
+                model = AutoModel.from_pretrained(source, dtype=dtype)
+        except OSError as err:
+            raise BackboneNotFoundError(_not_found_message(cfg.name, err)) from err
+        except ValueError as err:  # no matching class
+            raise UnsupportedModelError(f"model {cfg.name!r}: {err}") from err
+        return model.requires_grad_(False).eval().to(device)
+
+    path = Path(source)
+    identity = _identity(source, config)
+    if lazy_vision and path.is_dir() and weight_files(path) is not None:
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModelError(_unsupported(cfg.name, config.model_type))
+        side = load_text_side(path, config, dtype).to(device)
+        text = text_tower(side, config, tokenizer)
+        family = FAMILY_OF_TYPE[config.model_type]
+        scale = float(side.logit_scale.exp().item())
+        return Backbone(
+            tokenizer, image_processor, device, dtype, identity, family, text, scale,
+            load_model=load_model,
+        )  # fmt: skip
+    return Backbone.from_model(load_model(), tokenizer, image_processor, device, dtype, identity)
+
+
+def _unsupported(name: str, model_type: str) -> str:
+    return (
+        f"model {name!r} is of type {model_type!r}, not a supported dual encoder; supported: "
+        f"{sorted(SUPPORTED_MODEL_TYPES)} (OpenCLIP checkpoints: convert them with "
+        "`python -m task.backbones.convert_openclip`)"
     )
 
 
@@ -169,17 +253,21 @@ def _not_found_message(name: str, err: Exception) -> str:
     )
 
 
-def _identity(source: str, model: PreTrainedModel) -> str:
-    """Hash of what determines features: the config and the weights' bytes (or hub revision)."""
-    config = {k: v for k, v in model.config.to_dict().items() if "name_or_path" not in k}
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+def _identity(source: str, config: object) -> str:
+    """Hash of what determines features: the config and the weights' bytes (or hub revision).
+
+    A local directory's config is hashed as its config.json holds it (not as a loaded model
+    re-serialises it, which depends on the load dtype and the transformers version)."""
     path = Path(source)
+    raw = json.loads((path / "config.json").read_text()) if path.is_dir() else config.to_dict()
+    kept = {k: v for k, v in raw.items() if "name_or_path" not in k}
+    h = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode())
     if path.is_dir():
         for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
             h.update(weights.name.encode())
             h.update(file_sha256_memo(weights).encode())
     else:
         h.update(source.encode())
-        h.update(str(getattr(model.config, "_commit_hash", "") or "").encode())
+        h.update(str(getattr(config, "_commit_hash", "") or "").encode())
     return h.hexdigest()[:16]
 

@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from ot.batch import entropy_batch, loss_linear_batch, solve_batch
 
 
 @dataclass
@@ -38,6 +37,8 @@ class OTResult:
 def sinkhorn_plan(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
     """Entropic OT plans for a batch of cost matrices [K, N, M] with uniform marginals."""
     with torch.no_grad():
+        from ot.batch import solve_batch  # POT's import costs ~1 s: only where OT is solved
+
         result = solve_batch(
             cost.detach(),
             reg=reg,
@@ -160,6 +161,8 @@ def _solve(
         plan = two_point_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
     else:
         plan = sinkhorn_plan(cost.to(solve_dtype), reg, max_iter, tol).to(cost.dtype)
+    from ot.batch import entropy_batch, loss_linear_batch
+
     linear = loss_linear_batch(cost, plan)  # <T*, C>, differentiable in C
     value = linear - reg * entropy_batch(plan)
     return OTResult(
@@ -183,6 +186,8 @@ def _solve_unbalanced(
     solve_dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     plan = unbalanced_sinkhorn_plan(cost.to(solve_dtype), reg, marginal_reg, max_iter, tol)
     plan = plan.to(cost.dtype)
+    from ot.batch import entropy_batch, loss_linear_batch
+
     linear = loss_linear_batch(cost, plan)
     a = torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device)
     bb = torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device)

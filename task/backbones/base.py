@@ -138,6 +138,11 @@ class TextTower(nn.Module):
     def forward(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projected features of tokenized sentences: the model's own ``get_text_features``
+        (used for zero-shot templates; the prompt path is ``forward``)."""
+        raise NotImplementedError
+
 
 class VisionTower(nn.Module):
     """A frozen image encoder with its projection into the joint space.

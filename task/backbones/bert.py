@@ -49,3 +49,11 @@ class BertTextTower(TextTower):
             token_type_ids=torch.zeros_like(mask),
         )
         return self.text_projection(out.pooler_output)
+
+    def encode_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.text_model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+            token_type_ids=inputs.get("token_type_ids"),
+        )
+        return self.text_projection(out.pooler_output)

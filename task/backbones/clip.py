@@ -46,6 +46,12 @@ class ClipTextTower(TextTower):
         pooled = tm.final_layer_norm(last[rows, eos])
         return self.text_projection(pooled)
 
+    def encode_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.text_model(
+            input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+        )
+        return self.text_projection(out.pooler_output)
+
 
 class ClipVisionTower(VisionTower):
     """CLIP's ViT: global = projection of the post-layernorm class token; patches = the same

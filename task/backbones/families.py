@@ -16,6 +16,9 @@ FAMILIES: dict[str, Callable[[nn.Module, object], Towers]] = {
     "VisionTextDualEncoderModel": dual_encoder_towers,
     "SiglipModel": siglip_towers,
 }
+# config.json model_type -> family name (what towers_for reports for that class)
+FAMILY_OF_TYPE = {"clip": "clip", "vision-text-dual-encoder": "dual-encoder", "siglip": "siglip"}
+SUPPORTED_MODEL_TYPES = frozenset(FAMILY_OF_TYPE)
 
 
 def towers_for(model: nn.Module, tokenizer: object) -> Towers:

@@ -52,6 +52,10 @@ class SiglipTextTower(TextTower):
         hidden = tm.encoder(inputs_embeds=hidden, attention_mask=None).last_hidden_state
         return tm.head(tm.final_layer_norm(hidden[:, -1, :]))
 
+    def encode_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # SigLIP attends to its padding, as it was trained: no attention mask.
+        return self.text_model(input_ids=inputs["input_ids"]).pooler_output
+
 
 class SiglipVisionTower(VisionTower):
     def __init__(self, vision_model: nn.Module) -> None:
@@ -83,9 +87,13 @@ def _inner(module: nn.Module, name: str) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else module
 
 
-def siglip_towers(model: SiglipModel, tokenizer: object) -> Towers:
+def siglip_text_tower(text_model: nn.Module, tokenizer: object, config: object) -> SiglipTextTower:
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
-        pad_id = getattr(model.config.text_config, "pad_token_id", 1)
-    text = SiglipTextTower(model.text_model, int(pad_id))
+        pad_id = getattr(config.text_config, "pad_token_id", 1)
+    return SiglipTextTower(text_model, int(pad_id))
+
+
+def siglip_towers(model: SiglipModel, tokenizer: object) -> Towers:
+    text = siglip_text_tower(model.text_model, tokenizer, model.config)
     return Towers("siglip", text, SiglipVisionTower(model.vision_model))

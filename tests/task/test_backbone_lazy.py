@@ -1,0 +1,88 @@
+"""A backbone loaded from a local directory reads only its text side; the vision tower follows
+on first use. Nothing it computes differs from the eagerly loaded model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from task.backbone import load_backbone
+from task.config import ModelConfig, PromptConfig
+from task.features import FeatureCache
+from task.prompt_learner import PromptLearner
+from task.zeroshot import zeroshot_features
+from tests.conftest import TINY_CLASSES
+
+
+@pytest.fixture(params=["tiny_clip_dir", "tiny_dual_encoder_dir", "tiny_siglip_dir"])
+def model_dir(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_text_side_only_and_identical_results(model_dir):
+    cfg = ModelConfig(name=str(model_dir), device="cpu")
+    lazy = load_backbone(cfg)
+    eager = load_backbone(cfg, lazy_vision=False)
+    assert not lazy.vision_loaded and eager.vision_loaded
+    assert lazy.identity == eager.identity and lazy.family == eager.family
+    assert lazy.logit_scale == eager.logit_scale
+    for backbone in (lazy, eager):
+        assert backbone.embed_dim == eager.embed_dim and backbone.text_width == eager.text_width
+    prompts = [PromptLearner(b, TINY_CLASSES, PromptConfig(), seed=1) for b in (lazy, eager)]
+    with torch.no_grad():
+        a, b = (p(shared=True, personal=True) for p in prompts)
+    assert torch.equal(a.shared, b.shared) and torch.equal(a.personal, b.personal)
+    za, zb = (zeroshot_features(bb, TINY_CLASSES).shared for bb in (lazy, eager))
+    assert torch.equal(za, zb)
+    assert not lazy.vision_loaded  # text work never touched the vision tower
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)) for _ in range(2)]
+    pixels = eager.preprocess(images)
+    fa, fb = lazy.encode_images(pixels, True), eager.encode_images(pixels, True)
+    assert lazy.vision_loaded
+    torch.testing.assert_close(fa.global_, fb.global_, atol=1e-6, rtol=0)
+
+
+def test_cached_features_never_load_the_vision_tower(
+    tmp_path, tiny_dual_encoder_dir, synthetic_image_root
+):
+    from task.data.records import ImageRecord
+
+    records = [
+        ImageRecord(p.parent.name + "/" + p.name, str(p), i % len(TINY_CLASSES))
+        for i, p in enumerate(sorted(synthetic_image_root.rglob("*.png")))
+    ]
+    cfg = ModelConfig(name=str(tiny_dual_encoder_dir), device="cpu")
+    cache = FeatureCache(tmp_path / "features")
+    first = cache.load_or_extract(load_backbone(cfg), records, True, progress=False)
+    fresh = load_backbone(cfg)  # a new process in deployment
+    again = cache.load_or_extract(fresh, records, True, progress=False)
+    assert not fresh.vision_loaded
+    assert torch.equal(first.global_, again.global_)
+
+
+def test_a_text_only_process_imports_no_timm(tiny_dual_encoder_dir):
+    """The stand-in's vision tower is a timm model: a client with cached features must not
+    pay timm's import (seconds) in every fresh ClientApp process."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from task.backbone import load_backbone
+        from task.config import ModelConfig
+        from task.zeroshot import zeroshot_features
+        b = load_backbone(ModelConfig(name={str(tiny_dual_encoder_dir)!r}, device="cpu"))
+        zeroshot_features(b, ["river", "beach"])
+        assert "timm" not in sys.modules, "timm was imported"
+        b.encode_images(__import__("torch").randn(1, 3, 64, 64), False)
+        assert "timm" in sys.modules
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
