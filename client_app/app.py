@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 import time
 
+from client_app import timeline  # before torch and transformers: marks when importing began
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local dirs or already cached
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -70,6 +72,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable
 
 
 app = ClientApp(mods=[dp_clipping_mod])
+timeline.imports_done = time.time()
 
 
 def _faults(stage: str, partition_id: int, server_round: int) -> bool:
@@ -116,15 +119,19 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
 
 
 def _timings(client: FederatedClient, t0: float, c0: float) -> dict[str, float]:
-    """Where this reply's time went: image features (cache load or extraction) and the rest
-    (wall seconds), and the CPU seconds this process used, which other jobs on a shared
-    machine inflate far less than wall time."""
+    """Where this reply's time went: loading the backbone (first message of a process), image
+    features (cache load or extraction) and the rest (wall seconds), the CPU seconds this
+    process used (which other jobs on a shared machine inflate far less than wall time), and
+    the process's wall-clock marks (client_app.timeline)."""
     total = time.perf_counter() - t0
+    setup = client.backbone_seconds
     return {
         "time-total": total,
+        "time-backbone": setup,
         "time-features": client.feature_seconds,
-        "time-compute": total - client.feature_seconds,
+        "time-compute": total - client.feature_seconds - setup,
         "time-cpu": time.process_time() - c0,
+        **timeline.marks(handler_started=time.time() - total),
     }
 
 

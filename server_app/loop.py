@@ -313,7 +313,9 @@ def _train_phase(
     )
     tally.payload = payload_bytes(messages[0].content) if messages else 0
     tally.sent(messages)
+    sent_at = time.time()
     replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+    received_at = time.time()
     missing = _missing(messages, replies, server_round, "train")
     if dp is None:
         arrays, metrics = strategy.aggregate_train(server_round, replies)
@@ -343,7 +345,9 @@ def _train_phase(
         log.error("%s", err)
         raise err
     tally.absorb(rep)
-    fields: dict[str, Any] = {"clients_ok": rep.ok}
+    fields: dict[str, Any] = {
+        "clients_ok": rep.ok, "train_sent_at": sent_at, "train_received_at": received_at
+    }
     evaluation = None
     if evaluate_round is not None:
         evaluation = _fused_evaluation(strategy, server_round, replies, srv.global_eval)
@@ -400,12 +404,16 @@ def _evaluate_phase(
         )
     )
     tally.sent(messages)
+    sent_at = time.time()
     replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+    received_at = time.time()
     missing = _missing(messages, replies, server_round, "evaluate")
     metrics = strategy.aggregate_evaluate(server_round, replies)
     rep = strategy.eval_report
     tally.absorb(rep, missing)
-    fields: dict[str, Any] = {"clients_ok": rep.ok}
+    fields: dict[str, Any] = {
+        "clients_ok": rep.ok, "eval_sent_at": sent_at, "eval_received_at": received_at
+    }
     if metrics is not None:
         fields.update(_eval_fields(metrics, srv.global_eval))
     if srv.global_eval == "server":

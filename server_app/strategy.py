@@ -381,12 +381,17 @@ def _split_above(
 
 
 def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
-    """A reply's ``time-*`` seconds as ``<phase>_<name>_s`` (bench.simulation splits rounds)."""
-    return {
-        f"{phase}_{k[5:]}_s": float(v)
-        for k, v in metrics.items()
-        if k.startswith("time-") and isinstance(v, int | float) and math.isfinite(v)
-    }
+    """A reply's ``time-*`` seconds as ``<phase>_<name>_s`` and its ``at-*`` wall-clock marks
+    as ``<phase>_at_<name>`` (bench.simulation and bench.deploy_overhead split rounds)."""
+    out = {}
+    for k, v in metrics.items():
+        if not (isinstance(v, int | float) and math.isfinite(v)):
+            continue
+        if k.startswith("time-"):
+            out[f"{phase}_{k[5:]}_s"] = float(v)
+        elif k.startswith("at-"):
+            out[f"{phase}_at_{k[3:]}"] = float(v)
+    return out
 
 
 def _no_examples(metrics: Mapping[str, Any], key: str, value: Any) -> bool:

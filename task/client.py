@@ -63,7 +63,9 @@ class FederatedClient:
         self.progress = progress
         self.method = get_method(cfg.method.name)
         self.fed, self.data = data_source(cfg.data, data_root).client(partition_id)
+        t0 = time.perf_counter()
         self.backbone = get_backbone(cfg.model)
+        self.backbone_seconds = time.perf_counter() - t0  # ~0 when this process had it already
         self.cache = FeatureCache(cfg.cache.dir, on_corrupt=on_corrupt)
         self.feature_seconds = 0.0  # time in features(): cache load or extraction
 
