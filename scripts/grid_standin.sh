@@ -84,8 +84,11 @@ tune-skew)
   tune dirichlet0.1 seed=0 method=fedrsclip ++run_config.loss.alpha=0.1,0.0
   ;;
 test)
-  test_grid seed=0,1,2 federation=ucmerced_10 split=even,dirichlet0.1 "method=$MAIN"
-  test_grid seed=0,1,2 federation=ucmerced_10 split=even,dirichlet0.1 "method=$ABLATIONS"
+  # Seed by seed, so that an interrupted grid still has every method on both splits.
+  for seed in ${SEEDS:-0 1 2}; do
+    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1 "method=$MAIN"
+    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1 "method=$ABLATIONS"
+  done
   ;;
 test2040)
   test_grid "seed=${SEEDS:-0}" federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
