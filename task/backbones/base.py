@@ -132,8 +132,8 @@ class TextTower(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        """Width of the joint text-image space."""
-        raise NotImplementedError
+        """Width of the joint text-image space (the projection's output)."""
+        return int(self.text_projection.weight.shape[0])
 
     def forward(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -147,19 +147,30 @@ class TextTower(nn.Module):
 class VisionTower(nn.Module):
     """A frozen image encoder with its projection into the joint space.
 
-    Subclasses implement ``project(pixels, with_patches)`` returning the projected, unnormalised
-    global feature (exactly ``get_image_features``) and, when asked, the projected patch tokens.
-    The modules live in the attributes ``vision_model`` and ``visual_projection`` in every family,
-    so a trainable copy (``fedavg-full``) has the same parameter names everywhere.
+    The global feature is the projection of the tower's ``pooler_output`` (exactly
+    ``get_image_features``); subclasses say how its patch tokens go through the same pooling head
+    (``pooled_tokens``). The modules live in the attributes ``vision_model`` and
+    ``visual_projection`` in every family, so a trainable copy (``fedavg-full``) has the same
+    parameter names everywhere.
     """
 
-    vision_model: nn.Module
-    visual_projection: nn.Module
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+
+    def pooled_tokens(self, output: object) -> torch.Tensor:
+        """The patch tokens [B, P, W] through the pooling head, before the projection."""
+        raise NotImplementedError
 
     def project(
         self, pixel_values: torch.Tensor, with_patches: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
+        """Projected, unnormalised global feature and (optionally) patch features."""
+        out = self.vision_model(pixel_values=pixel_values)
+        global_ = self.visual_projection(out.pooler_output)
+        patches = self.visual_projection(self.pooled_tokens(out)) if with_patches else None
+        return global_, patches
 
     def prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels on the tower's device and dtype (and memory layout, for CNNs)."""

@@ -35,10 +35,6 @@ class BertTextTower(TextTower):
         self.text_model = text_model
         self.text_projection = text_projection
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.text_projection.weight.shape[0])
-
     def forward(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         n, length = embeds.shape[:2]
         positions = torch.arange(length, device=embeds.device)

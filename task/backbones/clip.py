@@ -29,10 +29,6 @@ class ClipTextTower(TextTower):
         self.text_model = text_model
         self.text_projection = text_projection
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.text_projection.weight.shape[0])
-
     def forward(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         tm = self.text_model
         hidden = tm.embeddings(inputs_embeds=embeds)
@@ -57,22 +53,9 @@ class ClipVisionTower(VisionTower):
     """CLIP's ViT: global = projection of the post-layernorm class token; patches = the same
     layernorm and projection applied to tokens 1..P (the choice OT-based prompt methods make)."""
 
-    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module) -> None:
-        super().__init__()
-        self.vision_model = vision_model
-        self.visual_projection = visual_projection
-
-    def project(
-        self, pixel_values: torch.Tensor, with_patches: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.vision_model(pixel_values=pixel_values)
-        global_ = self.visual_projection(out.pooler_output)
-        patches = None
-        if with_patches:
-            inner = getattr(self.vision_model, "vision_model", self.vision_model)
-            tokens = inner.post_layernorm(out.last_hidden_state[:, 1:, :])
-            patches = self.visual_projection(tokens)
-        return global_, patches
+    def pooled_tokens(self, output: object) -> torch.Tensor:
+        inner = getattr(self.vision_model, "vision_model", self.vision_model)
+        return inner.post_layernorm(output.last_hidden_state[:, 1:, :])
 
 
 def clip_towers(model: CLIPModel, tokenizer: object) -> Towers:

@@ -59,26 +59,18 @@ class SiglipTextTower(TextTower):
 
 class SiglipVisionTower(VisionTower):
     def __init__(self, vision_model: nn.Module) -> None:
-        super().__init__()
         head = getattr(_inner(vision_model, "vision_model"), "head", None)
         if head is None:
             raise UnsupportedModelError(
                 "this SigLIP vision tower has no attention-pooling head (vision_use_head=False)"
             )
-        self.vision_model = vision_model
-        self.visual_projection = nn.Identity()  # the head already maps into the joint space
+        super().__init__(vision_model, nn.Identity())  # the head maps into the joint space
 
-    def project(
-        self, pixel_values: torch.Tensor, with_patches: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.vision_model(pixel_values=pixel_values)
-        patches = None
-        if with_patches:
-            head = _inner(self.vision_model, "vision_model").head
-            tokens = out.last_hidden_state  # already post-layernormed; no class token
-            b, p, w = tokens.shape
-            patches = head(tokens.reshape(b * p, 1, w)).reshape(b, p, -1)
-        return out.pooler_output, patches
+    def pooled_tokens(self, output: object) -> torch.Tensor:
+        head = _inner(self.vision_model, "vision_model").head
+        tokens = output.last_hidden_state  # already post-layernormed; no class token
+        b, p, w = tokens.shape
+        return head(tokens.reshape(b * p, 1, w)).reshape(b, p, -1)
 
 
 def _inner(module: nn.Module, name: str) -> nn.Module:

@@ -23,9 +23,7 @@ from task.backbones.base import VisionTower
 
 class TimmVisionTower(VisionTower):
     def __init__(self, vision_model: nn.Module, visual_projection: nn.Module) -> None:
-        super().__init__()
-        self.vision_model = vision_model
-        self.visual_projection = visual_projection
+        super().__init__(vision_model, visual_projection)
         self.channels_last = True
         vision_model.to(memory_format=torch.channels_last)
 
@@ -35,17 +33,8 @@ class TimmVisionTower(VisionTower):
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels
 
-    def project(
-        self, pixel_values: torch.Tensor, with_patches: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.vision_model(pixel_values=pixel_values)
-        global_ = self.visual_projection(out.pooler_output)
-        patches = None
-        if with_patches:
-            patches = self.visual_projection(self._tokens(out.last_hidden_state))
-        return global_, patches
-
-    def _tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+    def pooled_tokens(self, output: object) -> torch.Tensor:
+        hidden = output.last_hidden_state
         if hidden.dim() == 4:  # CNN feature map
             return hidden.flatten(2).transpose(1, 2)
         inner = self.vision_model.timm_model

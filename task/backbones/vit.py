@@ -15,23 +15,13 @@ from task.backbones.base import UnsupportedModelError, VisionTower
 
 class VitVisionTower(VisionTower):
     def __init__(self, vision_model: nn.Module, visual_projection: nn.Module) -> None:
-        super().__init__()
         if getattr(vision_model, "pooler", None) is None:
             raise UnsupportedModelError(
                 "the ViT vision tower has no pooler (add_pooling_layer=False); "
                 "VisionTextDualEncoderModel needs its pooler_output"
             )
-        self.vision_model = vision_model
-        self.visual_projection = visual_projection
+        super().__init__(vision_model, visual_projection)
 
-    def project(
-        self, pixel_values: torch.Tensor, with_patches: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.vision_model(pixel_values=pixel_values)
-        global_ = self.visual_projection(out.pooler_output)
-        patches = None
-        if with_patches:
-            pooler = self.vision_model.pooler
-            tokens = pooler.activation(pooler.dense(out.last_hidden_state[:, 1:, :]))
-            patches = self.visual_projection(tokens)
-        return global_, patches
+    def pooled_tokens(self, output: object) -> torch.Tensor:
+        pooler = self.vision_model.pooler
+        return pooler.activation(pooler.dense(output.last_hidden_state[:, 1:, :]))
