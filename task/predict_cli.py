@@ -195,7 +195,7 @@ def _load_private(
 def _load_private_file(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     from safetensors import safe_open
 
-    from task.private_store import tensor_sha256
+    from task.hashing import tensor_sha256
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
