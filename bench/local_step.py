@@ -94,13 +94,13 @@ class StepInputs:
 def vitb16_backbone(tokenizer_dir: Path | None) -> Backbone:
     """A randomly initialised CLIP with ViT-B/16 dimensions and the real CLIP tokenizer.
 
-    Without ``tokenizer_dir`` (no ../shared), a tiny word-level stand-in tokenizer from the tests
+    Without ``tokenizer_dir`` (no ../shared), a tiny word-level stand-in tokenizer from testkit
     is used: class names then take fewer tokens than with CLIP's BPE, so the floor is lower too.
     """
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     else:
-        from tests.conftest import make_tiny_tokenizer
+        from testkit.tiny_tokenizers import make_tiny_tokenizer
 
         tokenizer = make_tiny_tokenizer()
     config = CLIPConfig(

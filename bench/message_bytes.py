@@ -1,7 +1,7 @@
 """Bytes per client per round, measured from the serialised Flower messages.
 
 One real round (the ServerApp round loop and the ClientApp handlers over the in-process Grid of
-the tests) with a random CLIP whose prompt width is CLIP ViT-B/16's (512, so the shared prompt is
+testkit.grid) with a random CLIP whose prompt width is CLIP ViT-B/16's (512, so the shared prompt is
 4 x 512 = 2,048 numbers, an 8,192-byte fp32 payload) and the stand-in's (256), in fp32 and with
 ``server.fp16-transport``. Every message sent and every reply is serialised with Flower's own
 ``message_to_proto`` (content and metadata, as it goes on the wire inside gRPC framing) and
@@ -38,8 +38,10 @@ def measure(work: Path, text_width: int, fp16: bool, clients: int = 3) -> dict[s
     from client_app.app import app as client_app
     from server_app.loop import run_server
     from server_app.transport import content_bytes
-    from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
-    from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+    from testkit.grid import InProcessGrid, task_identity
+    from testkit.images import TINY_CLASSES, write_synthetic_images
+    from testkit.models import save_tiny_clip
+    from testkit.run_config import tiny_run_config
 
     tag = f"w{text_width}-{'fp16' if fp16 else 'fp32'}"
     model = save_tiny_clip(work / f"clip-{text_width}", text_width=text_width, text_layers=1)

@@ -153,8 +153,8 @@ class Case:
 
 def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[str, Any]:
     """Run one case through the launcher; return its timings, memory and bytes."""
-    # The e2e test's helpers: free ports, and stopping what runs under a private FLWR_HOME.
-    from tests.test_e2e_simulation import _free_port, _pids_using, _stop
+    # Free ports, and stopping what runs under a private FLWR_HOME (as the e2e tests do).
+    from testkit.flwr_run import free_port, pids_using, stop_processes
 
     home = work / case.name / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
@@ -163,8 +163,8 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
     env.update(
         FLWR_HOME=str(home),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
     )
@@ -192,7 +192,7 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
         finally:
             sampler.stop()
             thread.join()
-            _stop(_pids_using(str(home)))
+            stop_processes(pids_using(str(home)))
     wall = time.perf_counter() - t0
     metrics_files = sorted(runs.glob("*/metrics.jsonl"))
     if rc != 0 or not metrics_files:

@@ -7,6 +7,7 @@ claim to be computed from.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,15 @@ def test_render_replaces_only_marked_blocks(tmp_path: Path) -> None:
     assert done == ["message_bytes"]
     assert "old" not in new and "| 8 | fp32 | 128 |" in new
     assert new.startswith("prose\n") and "more\n" in new and "kept" in new
+
+
+def test_bench_and_testkit_never_import_the_tests() -> None:
+    """bench/ runs from an install without tests/: shared helpers live in testkit/."""
+    repo = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(p.relative_to(repo))
+        for pkg in ("bench", "testkit")
+        for p in (repo / pkg).rglob("*.py")
+        if re.search(r"^\s*(from|import) tests\b", p.read_text(), re.M)
+    ]
+    assert offenders == []

@@ -31,10 +31,10 @@ from pathlib import Path
 import pytest
 
 from task.private_store import PrivateStore
-from tests.conftest import TINY_CLASSES, write_synthetic_images
+from testkit.flwr_run import to_toml
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 from tests.deploy import REPO, load_script
-from tests.server_app.inprocess import tiny_run_config
-from tests.test_e2e_simulation import _toml
 
 dl = load_script("deploy_local")
 
@@ -112,7 +112,7 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
         }
     )
     run_config = tmp_path / "run-config.toml"
-    run_config.write_text(_toml(cfg))
+    run_config.write_text(to_toml(cfg))
     run_dir = tmp_path / "runs" / "tiny"
     markers = tmp_path / "markers"
     markers.mkdir()

@@ -21,8 +21,9 @@ from server_app.loop import run_server
 from server_app.transport import from_record, to_record
 from task.federated import get_backbone, parse_app_config, run_class_names
 from task.full_finetune import build_full_model
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 
 def _config(tmp: Path, model_dir: Path, **overrides) -> dict:

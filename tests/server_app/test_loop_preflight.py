@@ -13,8 +13,9 @@ from client_app.app import app as client_app
 from server_app.loop import run_server
 from task.data import DataError
 from task.federated import get_federation, parse_app_config
-from tests.conftest import write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 FOLDERS = ["01_River", "02_Beach", "03_Forest"]
 MAPPING = "01_River=river,02_Beach=beach,03_Forest=forest"
