@@ -133,7 +133,7 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         out = res.stdout
         assert res.returncode == 0, out[-6000:]
         pids = [p.pid for p in dep.procs]
-    left = [pid for pid in pids if dl._group_alive(pid)]
+    left = [pid for pid in pids if dl.group_alive(pid)]
     assert not left, f"process groups left running: {left}"
 
     run = tmp_path / "runs" / "tiny"

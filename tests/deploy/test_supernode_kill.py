@@ -150,7 +150,7 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
             assert os.getpgid(app_pid) == victim.proc.pid, "the ClientApp is in the node's group"
             os.killpg(victim.proc.pid, signal.SIGKILL)
             t_kill = time.monotonic()
-            _wait_for(lambda: not dl._group_alive(victim.proc.pid), 10, "the group to die")
+            _wait_for(lambda: not dl.group_alive(victim.proc.pid), 10, "the group to die")
             victim.proc.wait(timeout=5)
 
             # Nothing half-written: the store holds round 1's file, byte for byte, and it loads.
@@ -184,7 +184,7 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
     finally:
         leftovers = _kill_leftovers(dep.flwr_home)
     print(f"\nsupernode-kill timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-    assert not [pid for pid in pids if dl._group_alive(pid)], "process groups left running"
+    assert not [pid for pid in pids if dl.group_alive(pid)], "process groups left running"
     assert not leftovers, f"processes left running after the test: {leftovers}"
 
     r1, r2, r3 = _metrics(run_dir)
