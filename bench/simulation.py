@@ -61,21 +61,13 @@ class Case:
 
 def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[str, Any]:
     """Run one case through the launcher; return its timings, memory and bytes."""
-    # Free ports, and stopping what runs under a private FLWR_HOME (as the e2e tests do).
-    from testkit.flwr_run import free_port, pids_using, stop_processes
+    # A private FLWR_HOME and ports, and stopping what runs under it (as the e2e tests do).
+    from testkit.flwr_run import pids_using, private_flwr_env, stop_processes
 
     home = work / case.name / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     runs = work / case.name / "runs"
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-    )
+    env = private_flwr_env(home)
     cmd = [
         sys.executable, "-m", "server_app.launch", *case.overrides,
         f"run_config.run.dir={runs}",

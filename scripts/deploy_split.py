@@ -1,14 +1,14 @@
 """Per-node image folders (deploy_local.py up --split-folders): one dataset partitioned once
 with the run config's data.* keys, node i's images linked or copied into its own folder, and the
-run config for data.partitioner=local. Imports this repository's data layer (task.data)."""
+run config for data.partitioner=local. Imports this repository's data layer (task.data) and
+the launcher's run-config TOML writer."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -24,6 +24,7 @@ def split_folders(
     ``<workdir>/split/``, and ``<workdir>/run-config.local.toml``: the same config with
     data.partitioner=local, data.class-names and no data.root.
     """
+    from server_app.launch_compose import to_toml
     from task.config import parse_run_config
     from task.data import build_federation, write_manifest
 
@@ -57,19 +58,5 @@ def split_folders(
         "data.root": "",
     }
     out = workdir / "run-config.local.toml"
-    out.write_text(toml_dump(local))
+    out.write_text(to_toml(local))
     return out, roots
-
-
-def toml_dump(flat: Mapping[str, object]) -> str:
-    """A flat run config (scalars only) as TOML, the format ``flwr run --run-config`` reads."""
-    lines = []
-    for key, value in flat.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))
-        lines.append(f"{json.dumps(key)} = {text}")
-    return "\n".join(lines) + "\n"

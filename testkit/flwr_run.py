@@ -6,13 +6,14 @@ run fails."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from server_app.launch_compose import to_toml  # the launcher's writer: one TOML format
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,26 +56,10 @@ def stop_processes(pids: list[int]) -> None:
             time.sleep(0.1)
 
 
-def to_toml(cfg: dict) -> str:
-    """A flat run config as the TOML that `flwr run --run-config FILE` reads."""
-    lines = []
-    for k, v in cfg.items():
-        if isinstance(v, bool):
-            val = "true" if v else "false"
-        elif isinstance(v, int | float):
-            val = repr(v)
-        else:
-            val = json.dumps(str(v))
-        lines.append(f'"{k}" = {val}')
-    return "\n".join(lines) + "\n"
-
-
-def run_flwr(tmp: Path, cfg: dict, num_supernodes: int, timeout: float = 240) -> str:
-    """`flwr run . --stream` against a SuperLink private to this caller; returns the output."""
-    home = tmp / "flwr-home"
-    home.mkdir(exist_ok=True)
-    cfg_file = tmp / "run-config.toml"
-    cfg_file.write_text(to_toml(cfg))
+def private_flwr_env(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment for `flwr` with its own FLWR_HOME (``home``) and free ports
+    for the local SuperLink it starts, no per-run dependency installation, Hugging Face
+    offline; ``extra`` on top."""
     env = dict(os.environ)
     env.update(
         FLWR_HOME=str(home),
@@ -83,8 +68,18 @@ def run_flwr(tmp: Path, cfg: dict, num_supernodes: int, timeout: float = 240) ->
         FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
-        RAY_DEDUP_LOGS="0",
+        **extra,
     )
+    return env
+
+
+def run_flwr(tmp: Path, cfg: dict, num_supernodes: int, timeout: float = 240) -> str:
+    """`flwr run . --stream` against a SuperLink private to this caller; returns the output."""
+    home = tmp / "flwr-home"
+    home.mkdir(exist_ok=True)
+    cfg_file = tmp / "run-config.toml"
+    cfg_file.write_text(to_toml(cfg))
+    env = private_flwr_env(home, RAY_DEDUP_LOGS="0")
     cmd = ["flwr", "run", ".", "--stream", "--run-config", str(cfg_file)]
     cmd += ["--federation-config", f"num-supernodes={num_supernodes}"]
     try:

@@ -23,5 +23,3 @@ def write_synthetic_images(
             pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
     return root
-
-

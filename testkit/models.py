@@ -164,5 +164,3 @@ def save_tiny_siglip(path: Path, seed: int = 0, image_size: int = 64) -> Path:
     tok.save_pretrained(path)
     SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(path)
     return path
-
-

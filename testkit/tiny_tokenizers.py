@@ -5,23 +5,12 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
-
-def _byte_chars() -> list[str]:
-    """The byte-to-unicode table of GPT-2/CLIP BPE (so any text tokenizes)."""
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in cs]
+# The GPT-2/CLIP byte-to-unicode table (so any text tokenizes), as the OpenCLIP converter builds it.
+from task.backbones.convert_openclip import _byte_symbols
 
 
 def make_tiny_tokenizer() -> CLIPTokenizer:
-    chars = _byte_chars()
+    chars = _byte_symbols()
     vocab_list = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
     merges = [("t", "h"), ("o", "f</w>"), ("p", "h"), ("ph", "o"), ("pho", "t"), ("phot", "o</w>")]
     merges += [("r", "i"), ("ri", "v"), ("riv", "e"), ("rive", "r</w>")]
@@ -66,5 +55,3 @@ def make_tiny_siglip_tokenizer() -> object:
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
-
-
