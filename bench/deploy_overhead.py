@@ -35,9 +35,10 @@ def _rounds(run_dir: Path) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     from deploy_local import LocalDeployment
 
-    from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
-    from tests.server_app.inprocess import tiny_run_config
-    from tests.test_e2e_simulation import _toml, run_flwr
+    from testkit.flwr_run import run_flwr, to_toml
+    from testkit.images import TINY_CLASSES, write_synthetic_images
+    from testkit.models import save_tiny_clip
+    from testkit.run_config import tiny_run_config
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.only in (None, "deployment"):
         (work / "dep").mkdir()
         cfg_file = work / "dep" / "run-config.toml"
-        cfg_file.write_text(_toml(config("dep")))
+        cfg_file.write_text(to_toml(config("dep")))
         with LocalDeployment(work / "dep" / "deploy", ns.nodes) as dep:
             t0 = time.monotonic()
             dep.up()

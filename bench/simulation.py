@@ -33,109 +33,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.memory import MemorySampler, disk_usage
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 UCM = SHARED / "data" / "ucmerced"
 AID = SHARED / "data" / "aid"
 STANDIN = SHARED / "models" / "rs-tinyclip-aid"
-
-
-# -- processes and memory --------------------------------------------------------------------
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _pss_rss_mb(pid: int) -> tuple[float, float]:
-    """(PSS, RSS) in MB; PSS shares pages fairly between processes, so sums are meaningful."""
-    pss = rss = 0.0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) / 1024
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return pss, rss
-
-
-def _descendants_and(marker: str, root: int) -> list[int]:
-    """Our launcher's process tree plus every process naming our private FLWR_HOME (the detached
-    SuperLink and its children), plus Ray's workers (their parent chain leads to the SuperLink)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    seeds = {root} | {p for p in parents if marker in _cmdline(p)}
-    out = set(seeds)
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in out and pid not in out:
-                out.add(pid)
-                changed = True
-    return sorted(out)
-
-
-@dataclass
-class MemorySampler:
-    """Samples PSS/RSS of the case's processes every ``every`` seconds in a thread."""
-
-    marker: str
-    root: int
-    every: float = 0.5
-    peak_total_pss: float = 0.0
-    peak_client_pss: float = 0.0
-    peak_client_rss: float = 0.0
-    peak_by_kind: dict[str, float] = field(default_factory=dict)
-    samples: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _kind(self, cmd: str) -> str:
-        if "ClientAppActor" in cmd or "ray::" in cmd and "Actor" in cmd:
-            return "clientapp-actor"
-        for name in ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet",
-                     "gcs_server", "server_app.launch", "flwr run", "ray"):  # fmt: skip
-            if name in cmd:
-                return name
-        return "other"
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            total = 0.0
-            kinds: dict[str, float] = {}
-            for pid in _descendants_and(self.marker, self.root):
-                pss, rss = _pss_rss_mb(pid)
-                total += pss
-                kind = self._kind(_cmdline(pid))
-                kinds[kind] = kinds.get(kind, 0.0) + pss
-                if kind == "clientapp-actor":
-                    self.peak_client_pss = max(self.peak_client_pss, pss)
-                    self.peak_client_rss = max(self.peak_client_rss, rss)
-            self.peak_total_pss = max(self.peak_total_pss, total)
-            for k, v in kinds.items():
-                self.peak_by_kind[k] = max(self.peak_by_kind.get(k, 0.0), v)
-            self.samples += 1
-            self._stop.wait(self.every)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 # -- one case --------------------------------------------------------------------------------
@@ -153,21 +61,13 @@ class Case:
 
 def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[str, Any]:
     """Run one case through the launcher; return its timings, memory and bytes."""
-    # The e2e test's helpers: free ports, and stopping what runs under a private FLWR_HOME.
-    from tests.test_e2e_simulation import _free_port, _pids_using, _stop
+    # A private FLWR_HOME and ports, and stopping what runs under it (as the e2e tests do).
+    from testkit.flwr_run import pids_using, private_flwr_env, stop_processes
 
     home = work / case.name / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     runs = work / case.name / "runs"
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-    )
+    env = private_flwr_env(home)
     cmd = [
         sys.executable, "-m", "server_app.launch", *case.overrides,
         f"run_config.run.dir={runs}",
@@ -192,7 +92,7 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
         finally:
             sampler.stop()
             thread.join()
-            _stop(_pids_using(str(home)))
+            stop_processes(pids_using(str(home)))
     wall = time.perf_counter() - t0
     metrics_files = sorted(runs.glob("*/metrics.jsonl"))
     if rc != 0 or not metrics_files:
@@ -213,9 +113,9 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
             "peak_by_process_kind_pss": {k: round(v, 1) for k, v in sampler.peak_by_kind.items()},
             "samples": sampler.samples,
         },
-        feature_cache_bytes=_du(cache_dir),
-        private_dir_bytes=_du(work / case.name / "private"),
-        run_dir_bytes=_du(metrics_files[0].parent),
+        feature_cache_bytes=disk_usage(cache_dir),
+        private_dir_bytes=disk_usage(work / case.name / "private"),
+        run_dir_bytes=disk_usage(metrics_files[0].parent),
     )
     return out
 

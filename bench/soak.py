@@ -3,8 +3,8 @@ process's memory (RSS) and open file handles after every round. A benchmark, not
 
 It drives the real ServerApp round loop and the real ClientApp (every message goes through
 ``client_app.app.app``, private prompts written to and read from disk, feature cache on disk) over
-the in-process Grid of the tests, all in one process, so any leak in the server loop, the strategy,
-the ClientApp, the private store, the feature cache or the run directory shows as growth here.
+testkit's in-process Grid, all in one process, so any leak in the server loop, the strategy, the
+ClientApp, the private store, the feature cache or the run directory shows as growth here.
 
     python -m bench.soak --rounds 60 --clients 40            # prints a table and a verdict
     python -m bench.soak --rounds 200 --json soak.json       # also writes every sample
@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     import task.run_dir as run_dir
     from client_app.app import app as client_app
     from server_app.loop import run_server
-    from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
-    from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+    from testkit.grid import InProcessGrid, task_identity
+    from testkit.images import TINY_CLASSES, write_synthetic_images
+    from testkit.models import save_tiny_clip
+    from testkit.run_config import tiny_run_config
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)  # a line per round and phase otherwise

@@ -428,7 +428,8 @@ def _short(volume: str, project: str) -> str:
 def tiny_inputs(workdir: Path) -> tuple[Path, Path]:
     """A tiny random CLIP and synthetic images (the unit tests' fixtures) in ``workdir``."""
     sys.path.insert(0, str(REPO))
-    from tests.conftest import TINY_CLASSES, save_tiny_clip, write_synthetic_images
+    from testkit.images import TINY_CLASSES, write_synthetic_images
+    from testkit.models import save_tiny_clip
 
     model = save_tiny_clip(workdir / "inputs" / "tiny-clip")
     imgs = write_synthetic_images(workdir / "inputs" / "images", TINY_CLASSES, per_class=8)

@@ -35,192 +35,34 @@ Examples::
 
 Only the standard library, ``cryptography`` (a Flower dependency) and the Flower CLIs are used;
 ``--split-folders`` also imports this repository's data layer (``task.data``) to partition.
+Beside this file: deploy_certs.py (CA, server certificate, node keys), deploy_procs.py (ports,
+process groups), deploy_split.py (per-node image folders).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Its sibling modules, also when this file is loaded by path (tests) rather than run.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from deploy_certs import make_certs, make_node_key  # noqa: E402
+from deploy_procs import free_port, group_alive, stop_group, wait_for_port  # noqa: E402, F401
+from deploy_split import split_folders  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONNECTION = "deploy-local"
-
-
-# -- certificates and keys --------------------------------------------------------------------
-def make_certs(out: Path, sans: Sequence[str] = (), days: int = 30) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for localhost, 127.0.0.1, ::1 and ``sans``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("FedRSCLIP throwaway CA"))
-        .issuer_name(name("FedRSCLIP throwaway CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    for host in ["127.0.0.1", "::1", *sans]:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    srv_key = ec.generate_private_key(ec.SECP384R1())
-    srv_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("superlink"))
-        .issuer_name(ca_cert.subject)
-        .public_key(srv_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    paths = {
-        k: out / f
-        for k, f in [
-            ("ca", "ca.crt"),
-            ("ca_key", "ca.key"),
-            ("cert", "server.crt"),
-            ("key", "server.key"),
-        ]
-    }
-    for path, data in [
-        (paths["ca"], ca_cert.public_bytes(pem)),
-        (paths["cert"], srv_cert.public_bytes(pem)),
-        (paths["ca_key"], _pkcs8(ca_key)),
-        (paths["key"], _pkcs8(srv_key)),
-    ]:
-        path.write_bytes(data)
-    paths["ca_key"].chmod(0o600)
-    paths["key"].chmod(0o640)  # readable by the container group (official images: UID 49999)
-    return paths
-
-
-def _pkcs8(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def make_node_key(path: Path) -> tuple[Path, Path]:
-    """An ECDSA P-384 key pair in OpenSSH format (what ``ssh-keygen -t ecdsa -b 384`` writes)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    pub = path.with_name(path.name + ".pub")
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        + f" {path.name}\n".encode()
-    )
-    return path, pub
-
-
-# -- processes --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group ``proc`` leads (it was started in its own session), then KILL."""
-    if proc.poll() is None or _group_alive(proc.pid):
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(proc.pid):
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=0.1)
-            if not _group_alive(proc.pid):
-                break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=1)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies of our own children count as gone once reaped; killpg(0) still sees them.
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 @dataclass
@@ -433,49 +275,11 @@ class LocalDeployment:
             node.proc = self._spawn(self.supernode_argv(node), node.dir, node.log)
 
     def split_folders(self, run_config: Path, copy: bool = False) -> Path:
-        """Give every node its own image folder; return the run config for partitioner=local.
-
-        Partitions the run config's dataset with its data.* keys (data.num-clients must equal
-        the number of nodes), writes node i's images (train and test: the node splits them
-        itself) to ``nodes/node-i/images/<class folder>/`` as symlinks or copies, the split's
-        manifest to ``split/``, and ``run-config.local.toml``: the same config with
-        data.partitioner=local, data.class-names and no data.root.
-        """
-        import dataclasses
-
-        from task.config import parse_run_config
-        from task.data import build_federation, write_manifest
-
-        flat = tomllib.loads(run_config.read_text())
-        data = parse_run_config({k: v for k, v in flat.items() if k.startswith("data.")}).data
-        if data.partitioner == "local" or data.cross or data.num_clients != self.num_nodes:
-            raise ValueError(
-                f"--split-folders partitions one dataset (data.root) over the {self.num_nodes} "
-                f"nodes; {run_config} has data.partitioner={data.partitioner!r}, "
-                f"data.cross={data.cross!r}, data.num-clients={data.num_clients}. Fix: use a "
-                f"non-local partitioner, no data.cross, and data.num-clients={self.num_nodes}"
-            )
-        # Every image of a client goes to its node; the node re-splits (test, val) itself.
-        fed = build_federation(dataclasses.replace(data, val_fraction=0.0, holdout="test"))
-        write_manifest(fed, self.workdir / "split")
-        for node, client in zip(self.nodes, fed.clients, strict=True):
-            shutil.rmtree(node.images, ignore_errors=True)
-            for rec in client.train + client.test:
-                dest = node.images / rec.image_id.split("/", 1)[1]  # <class folder>/<file>
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if copy:
-                    shutil.copy2(rec.path, dest)
-                else:
-                    dest.symlink_to(Path(rec.path).resolve())
-            self.data_roots[node.index] = node.images
-        local = {
-            **flat,
-            "data.partitioner": "local",
-            "data.class-names": ",".join(fed.class_names),
-            "data.root": "",
-        }
-        out = self.workdir / "run-config.local.toml"
-        out.write_text(toml_dump(local))
+        """Give every node its own image folder (``nodes/node-i/images/``, its data-root);
+        return the run config for partitioner=local (see deploy_split.split_folders)."""
+        folders = [n.images for n in self.nodes]
+        out, roots = split_folders(self.workdir, self.num_nodes, folders, run_config, copy)
+        self.data_roots.update(roots)
         return out
 
     def up(self) -> None:
@@ -495,20 +299,6 @@ class LocalDeployment:
         if run_config is not None:
             args += ["--run-config", str(run_config)]
         return self.flwr(*args, *extra, timeout=timeout)
-
-
-def toml_dump(flat: Mapping[str, object]) -> str:
-    """A flat run config (scalars only) as TOML, the format ``flwr run --run-config`` reads."""
-    lines = []
-    for key, value in flat.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))
-        lines.append(f"{json.dumps(key)} = {text}")
-    return "\n".join(lines) + "\n"
 
 
 # -- CLI --------------------------------------------------------------------------------------

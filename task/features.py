@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from task.backbone import Backbone
 from task.data.records import CorruptImageError, ImageRecord, load_rgb
+from task.hashing import tensor_sha256
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ CACHE_FORMAT = 2  # 2: per-tensor sha256 in the metadata (format-1 files are nev
 
 class CacheCorruptError(RuntimeError):
     """A feature-cache file is unreadable or fails its checksum."""
-
-
-def _sha256(t: torch.Tensor) -> str:
-    t = t.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass
@@ -185,7 +179,7 @@ class FeatureCache:
             ) from err
         sums = json.loads(meta.get("sha256", "{}"))
         for name, t in tensors.items():
-            if sums.get(name) != _sha256(t):
+            if sums.get(name) != tensor_sha256(t):
                 raise CacheCorruptError(f"feature cache {path} fails its checksum ({name}). {fix}")
         ids_sum = hashlib.sha256(meta["ids"].encode()).hexdigest()
         if sums.get("ids") != ids_sum or len(ids) != len(tensors["global"]):
@@ -205,7 +199,7 @@ class FeatureCache:
         if feats.patches is not None:
             tensors["patches"] = feats.patches.contiguous()
         ids = json.dumps(feats.ids)
-        sums = {k: _sha256(v) for k, v in tensors.items()}
+        sums = {k: tensor_sha256(v) for k, v in tensors.items()}
         sums["ids"] = hashlib.sha256(ids.encode()).hexdigest()
         meta = {"ids": ids, "skipped": str(feats.skipped), "sha256": json.dumps(sums)}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")

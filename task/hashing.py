@@ -1,4 +1,5 @@
-"""Content hashes of files (model weights, manifests) without reading them whole into memory.
+"""Content hashes: of files (model weights, manifests) without reading them whole into memory,
+and of tensors (the checksums stored beside cached features and private prompts).
 
 A deployed ClientApp is a fresh process for every message, and hashing CLIP ViT-B/16's ~600 MB
 of weights for the backbone identity costs ~1.5 s each time. ``file_sha256_memo`` remembers a
@@ -12,6 +13,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 MEMO_ENV = "FEDRSCLIP_HASH_MEMO"  # file to keep the memo in; "" disables it
 
@@ -20,6 +25,20 @@ def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, streamed (weights can be hundreds of MB)."""
     with Path(path).open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """Checksum of dtype, shape and raw bytes (what must survive a save/load unchanged).
+
+    The feature cache and the private prompt store both write it into their files' metadata,
+    so its output must stay byte-for-byte the same or files already written stop validating.
+    """
+    import torch  # here, not at module level: file hashing must not pay for importing torch
+
+    t = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _memo_path() -> Path | None:

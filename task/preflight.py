@@ -133,7 +133,7 @@ def check_data(
     cfg: DataConfig, build: Callable[[DataConfig], Federation] | None = None
 ) -> list[Check]:
     """Checks 1-4 on the data section; ``build`` makes the federation (the ServerApp passes its
-    cached task.federated.get_federation so the listing is not repeated for round 1)."""
+    cached task.runtime.get_federation so the listing is not repeated for round 1)."""
     checks: list[Check] = []
     names = cfg.class_name_list()
     if cfg.partitioner == "local":

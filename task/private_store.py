@@ -16,7 +16,6 @@ Layout: ``<base>/<experiment>/client-<partition>/private-r<round:05d>.safetensor
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from task.hashing import tensor_sha256
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^private-r(\d{5,})\.safetensors$")
@@ -38,14 +39,6 @@ KEEP_VERSIONS = 2  # the newest version and the one it was trained from
 
 class PrivateStoreError(RuntimeError):
     """A private prompt file is unreadable or fails its checksum."""
-
-
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """Checksum of dtype, shape and raw bytes (what must survive a save/load unchanged)."""
-    t = tensor.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class PrivateStore:

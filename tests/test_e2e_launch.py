@@ -4,15 +4,14 @@ exits 0 then; the launcher must still exit non-zero and name the error (issue #1
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_synthetic_images
-from tests.test_e2e_simulation import _free_port, _pids_using, _stop
+from testkit.flwr_run import pids_using, private_flwr_env, stop_processes
+from testkit.images import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,14 +21,7 @@ def test_a_failed_flower_run_fails_the_launcher(tmp_path: Path, tiny_clip_dir: P
     root = write_synthetic_images(tmp_path / "scenes", ["01_River", "02_Beach"], per_class=4)
     home = tmp_path / "flwr-home"
     home.mkdir()
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(home),
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-    )
+    env = private_flwr_env(home)
     cmd = [
         sys.executable,
         "-m",
@@ -49,7 +41,7 @@ def test_a_failed_flower_run_fails_the_launcher(tmp_path: Path, tiny_clip_dir: P
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     finally:
-        _stop(_pids_using(str(home)))
+        stop_processes(pids_using(str(home)))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-5000:]
     record = json.loads((tmp_path / "out" / "launch.json").read_text())

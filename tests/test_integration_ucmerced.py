@@ -67,7 +67,7 @@ def _zeroshot_and_run(cfg: dict) -> tuple[float, dict]:
     from task.runtime import get_backbone, get_federation
     from task.train import evaluate
     from task.zeroshot import zeroshot_features
-    from tests.server_app.inprocess import InProcessGrid, task_identity
+    from testkit.grid import InProcessGrid, task_identity
 
     core = parse_app_config(cfg).core
     fed, backbone = get_federation(core.data), get_backbone(core.model)
@@ -139,7 +139,7 @@ def test_every_method_runs_on_standin(tmp_path: Path, ucm_subset, method: str) -
     cfg = _fed_ucmerced(tmp_path, STANDIN, cache, **overrides)
     from client_app.app import app as client_app
     from server_app.loop import run_server
-    from tests.server_app.inprocess import InProcessGrid, task_identity
+    from testkit.grid import InProcessGrid, task_identity
 
     with task_identity():
         summary = run_server(InProcessGrid(client_app, cfg, 3), cfg)

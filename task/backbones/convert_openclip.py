@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from task.backbones.optional_imports import import_optional
+from task.hashing import file_sha256
 
 PROBE_TEXTS = ("a satellite photo of a harbor.", "an aerial image of dense residential area.")
 TOLERANCE = 1e-4
@@ -183,7 +183,7 @@ def clip_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # -- tokenizer and image processor -----------------------------------------------------------
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """GPT-2/CLIP byte-level BPE alphabet: printable bytes as themselves, the rest shifted."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -204,7 +204,7 @@ def clip_tokenizer(bpe_path: str | os.PathLike[str]) -> Any:
     with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
@@ -314,11 +314,6 @@ def load_openclip(arch: str, checkpoint: str | os.PathLike[str] | None) -> nn.Mo
     return model
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", required=True, help="OpenCLIP architecture, e.g. ViT-B-32")
@@ -332,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         model = load_openclip(args.arch, ckpt)
-        info = {"arch": args.arch, "checkpoint": ckpt.name, "checkpoint_sha256": _sha256(ckpt)}
+        info = {"arch": args.arch, "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt)}
         report = convert_model(model, args.out, info, force=args.force)
     except (ConversionError, ImportError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ claim to be computed from.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,20 @@ from bench.simulation import summarise_rows
 
 
 def test_message_bytes_counts_the_shared_prompt(tmp_path: Path) -> None:
-    fp32 = measure(tmp_path, text_width=64, fp16=False, clients=2)
-    fp16 = measure(tmp_path, text_width=64, fp16=True, clients=2)
+    fp32 = measure(tmp_path, text_width=64, fp16=False, clients=2, eval_mode="separate")
+    fp16 = measure(tmp_path, text_width=64, fp16=True, clients=2, eval_mode="separate")
+    fused = measure(tmp_path, text_width=64, fp16=False, clients=2, eval_mode="fused")
     payload = 4 * 64 * 4
     assert fp32["fp32_payload_bytes"] == payload
     # the prompt crosses the wire in both train messages and in the evaluate download
     for kind in ("train_down", "train_up", "evaluate_down"):
         assert fp32[f"{kind}_bytes"] > payload
         assert fp32[f"{kind}_bytes"] - fp16[f"{kind}_bytes"] == pytest.approx(payload / 2, abs=8)
-    assert fp32["evaluate_up_bytes"] < payload / 2  # metrics only
-    assert "| 64 | fp32 |" in bytes_markdown([fp32, fp16])
+    assert fp32["evaluate_up_bytes"] < 1024  # metrics only
+    # fused: no evaluate message in the middle of a run; the round's download is one prompt
+    assert "evaluate_down_bytes" not in fused
+    assert fused["round_down_bytes"] < fp32["round_down_bytes"] - payload
+    assert "| 64 | fp32 | separate |" in bytes_markdown([fp32, fp16, fused])
 
 
 def _row(rnd: int, seconds: float, clients: int) -> dict:
@@ -67,5 +72,17 @@ def test_render_replaces_only_marked_blocks(tmp_path: Path) -> None:
     text += "<!-- bench:simulation -->\nkept\n<!-- /bench:simulation -->\n"
     new, done = render(text, tmp_path)
     assert done == ["message_bytes"]
-    assert "old" not in new and "| 8 | fp32 | 128 |" in new
+    assert "\nold\n" not in new and "| 8 | fp32 | separate | 128 |" in new
     assert new.startswith("prose\n") and "more\n" in new and "kept" in new
+
+
+def test_bench_and_testkit_never_import_the_tests() -> None:
+    """bench/ runs from an install without tests/: shared helpers live in testkit/."""
+    repo = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(p.relative_to(repo))
+        for pkg in ("bench", "testkit")
+        for p in (repo / pkg).rglob("*.py")
+        if re.search(r"^\s*(from|import) tests\b", p.read_text(), re.M)
+    ]
+    assert offenders == []

@@ -22,8 +22,8 @@ from client_app.app import app
 from task.config import parse_app_config
 from task.global_model import initial_shared
 from task.private_store import PrivateStore
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import tiny_run_config
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 
 def _message(kind: str, shared: dict, server_round: int, fp16: bool = False) -> Message:

@@ -15,9 +15,10 @@ import task.data.federation as federation
 from client_app.app import app as client_app
 from server_app.loop import run_server
 from task.config import ConfigError, parse_app_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 from tests.client_app.test_client_app import _message
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
 
 # Each institution has its own classes (label skew) and its own folder spelling.
 NODE_CLASSES = [["river", "beach"], ["forest", "Farm"], ["Port", "beach"]]

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from safetensors import safe_open
 
-from tests.conftest import TINY_CLASSES, write_synthetic_images
+from testkit.flwr_run import to_toml
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 from tests.deploy import REPO, load_script
-from tests.server_app.inprocess import tiny_run_config
-from tests.test_e2e_simulation import _toml
 
 dl = load_script("deploy_local")
 
@@ -71,7 +71,7 @@ def test_split_folders_gives_each_node_its_partition(tmp_path: Path, tiny_clip_d
 
     images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=4)
     src = tmp_path / "run.toml"
-    src.write_text(_toml(tiny_run_config(tmp_path, tiny_clip_dir, images)))
+    src.write_text(to_toml(tiny_run_config(tmp_path, tiny_clip_dir, images)))
     dep = dl.LocalDeployment(tmp_path / "deploy", 3, tls=False, auth=False)
     dep.prepare()
     local = tomllib.loads(dep.split_folders(src).read_text())
@@ -109,7 +109,7 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         }
     )
     run_config = tmp_path / "run-config.toml"
-    run_config.write_text(_toml(cfg))
+    run_config.write_text(to_toml(cfg))
 
     dep = dl.LocalDeployment(tmp_path / "deploy", num_nodes=3, tls=True, auth=True)
     with dep:
@@ -133,7 +133,7 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         out = res.stdout
         assert res.returncode == 0, out[-6000:]
         pids = [p.pid for p in dep.procs]
-    left = [pid for pid in pids if dl._group_alive(pid)]
+    left = [pid for pid in pids if dl.group_alive(pid)]
     assert not left, f"process groups left running: {left}"
 
     run = tmp_path / "runs" / "tiny"

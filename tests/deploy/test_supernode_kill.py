@@ -31,10 +31,10 @@ from pathlib import Path
 import pytest
 
 from task.private_store import PrivateStore
-from tests.conftest import TINY_CLASSES, write_synthetic_images
+from testkit.flwr_run import to_toml
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 from tests.deploy import REPO, load_script
-from tests.server_app.inprocess import tiny_run_config
-from tests.test_e2e_simulation import _toml
 
 dl = load_script("deploy_local")
 
@@ -112,7 +112,7 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
         }
     )
     run_config = tmp_path / "run-config.toml"
-    run_config.write_text(_toml(cfg))
+    run_config.write_text(to_toml(cfg))
     run_dir = tmp_path / "runs" / "tiny"
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -150,7 +150,7 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
             assert os.getpgid(app_pid) == victim.proc.pid, "the ClientApp is in the node's group"
             os.killpg(victim.proc.pid, signal.SIGKILL)
             t_kill = time.monotonic()
-            _wait_for(lambda: not dl._group_alive(victim.proc.pid), 10, "the group to die")
+            _wait_for(lambda: not dl.group_alive(victim.proc.pid), 10, "the group to die")
             victim.proc.wait(timeout=5)
 
             # Nothing half-written: the store holds round 1's file, byte for byte, and it loads.
@@ -184,7 +184,7 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
     finally:
         leftovers = _kill_leftovers(dep.flwr_home)
     print(f"\nsupernode-kill timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-    assert not [pid for pid in pids if dl._group_alive(pid)], "process groups left running"
+    assert not [pid for pid in pids if dl.group_alive(pid)], "process groups left running"
     assert not leftovers, f"processes left running after the test: {leftovers}"
 
     r1, r2, r3 = _metrics(run_dir)

@@ -8,8 +8,9 @@ from typing import Any
 
 from client_app.app import app as client_app
 from server_app.loop import run_server
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 
 def setup_run(tmp: Path, model_dir: Path, num_clients: int = 3, **overrides: Any) -> dict:

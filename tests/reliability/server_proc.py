@@ -14,7 +14,7 @@ from pathlib import Path
 
 from client_app.app import app as client_app
 from server_app.loop import run_server
-from tests.server_app.inprocess import InProcessGrid, task_identity
+from testkit.grid import InProcessGrid, task_identity
 
 
 class SlowGrid(InProcessGrid):

@@ -57,7 +57,7 @@ def test_missing_replies_count_as_failed(tmp_path: Path, tiny_clip_dir: Path) ->
     """A node that never answers (its SuperNode is gone) is counted as failed, not ignored."""
     cfg = setup_run(tmp_path, tiny_clip_dir, **{"server.num-rounds": 1})
     cfg["run.name"] = "gone"
-    from tests.server_app.inprocess import InProcessGrid
+    from testkit.grid import InProcessGrid
 
     class Lossy(InProcessGrid):
         def send_and_receive(self, messages, *, timeout=None):
@@ -66,7 +66,7 @@ def test_missing_replies_count_as_failed(tmp_path: Path, tiny_clip_dir: Path) ->
 
     from client_app.app import app as client_app
     from server_app.loop import run_server
-    from tests.server_app.inprocess import task_identity
+    from testkit.grid import task_identity
 
     with task_identity():
         run_server(Lossy(client_app, cfg, 3), cfg)

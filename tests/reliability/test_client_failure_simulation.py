@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.flwr_run import run_flwr
 from tests.reliability.helpers import client_dir, rows, setup_run
-from tests.test_e2e_simulation import run_flwr
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
 from server_app.loop import _missing
 from server_app.strategy import SharedPromptFedAvg, expected_examples
-from tests.conftest import TINY_CLASSES
+from testkit.images import TINY_CLASSES
 from tests.reliability.helpers import rows, run, setup_run
 from tests.server_app.test_strategy import SHAPE, reply
 

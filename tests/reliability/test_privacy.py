@@ -20,7 +20,12 @@ REPLY_METRIC_KEYS = {
     "num-examples", "train-loss", "steps", "partition-id", "personalised-accuracy",
     "personalised-loss", "global-accuracy", "global-loss", "global-num-examples", "private-round",
     "time-total", "time-features", "time-compute", "time-cpu",  # seconds, for bench.simulation
+    "time-backbone",  # seconds loading the frozen model in this process
+    "zeroshot-accuracy",  # the frozen model's accuracy on the same test split (once per run)
+    # wall-clock marks of the ClientApp process (the time line of a deployment round)
+    "at-process-start", "at-imports-start", "at-imports-done", "at-handler-start", "at-reply",
 }  # fmt: skip
+REPLY_METRIC_RECORDS = {"metrics", "eval-metrics"}  # eval-metrics: fused evaluation
 
 
 def _secrets(tmp: Path, cfg: dict) -> dict[str, list[bytes]]:
@@ -55,6 +60,7 @@ def _check_reply(msg: Message, secrets: dict[str, list[bytes]], shared_numel: in
     for name, rec in content.array_records.items():
         assert name == "arrays" and list(rec) == ["shared_ctx"], (name, list(rec))
         assert rec["shared_ctx"].numpy().size == shared_numel
+    assert set(content.metric_records) <= REPLY_METRIC_RECORDS, list(content.metric_records)
     for rec in content.metric_records.values():
         assert set(rec) <= REPLY_METRIC_KEYS | {k for k in rec if k.startswith("train-")}
         assert all(isinstance(v, int | float) for v in rec.values())

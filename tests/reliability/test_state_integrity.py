@@ -17,7 +17,7 @@ import task.run_dir as run_dir_mod
 from task.features import CacheCorruptError, FeatureCache, FeatureSet
 from task.private_store import PrivateStore, PrivateStoreError
 from task.run_dir import RunDir
-from tests.conftest import TINY_CLASSES, write_synthetic_images
+from testkit.images import TINY_CLASSES, write_synthetic_images
 
 
 def _flip_last_bytes(path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from task.methods import METHODS
-from tests.conftest import save_tiny_siglip
+from testkit.models import save_tiny_siglip
 from tests.reliability.helpers import rows, run, setup_run
 
 pytestmark = pytest.mark.slow

@@ -23,8 +23,9 @@ from task.config import parse_app_config
 from task.data_source import run_class_names
 from task.full_finetune import build_full_model
 from task.runtime import get_backbone
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 
 def _config(tmp: Path, model_dir: Path, **overrides) -> dict:

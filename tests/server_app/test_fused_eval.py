@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_tiny_clip
+from testkit.models import save_tiny_clip
 from tests.reliability.helpers import rows, run, setup_run
 
 EVAL_KEYS = ("personalised_accuracy", "global_accuracy", "personalised_loss", "zeroshot_accuracy")

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from server_app.launch import CONF_DIR, build_command, flatten, resolve_paths
 from task.config import parse_app_config
-from tests.conftest import write_synthetic_images
+from testkit.images import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 

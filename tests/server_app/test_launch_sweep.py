@@ -15,7 +15,7 @@ from server_app import launch as launch_mod
 from server_app.launch import CONF_DIR, app_defaults, composed_flat, launch_job, run_state
 from task.config import default_run_name, legacy_run_name, parse_app_config
 from task.run_dir import RunDir, summarise
-from tests.conftest import write_synthetic_images
+from testkit.images import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 

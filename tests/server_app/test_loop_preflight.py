@@ -14,8 +14,9 @@ from server_app.loop import run_server
 from task.config import parse_app_config
 from task.data import DataError
 from task.runtime import get_federation
-from tests.conftest import write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 FOLDERS = ["01_River", "02_Beach", "03_Forest"]
 MAPPING = "01_River=river,02_Beach=beach,03_Forest=forest"

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from client_app.app import app as client_app
 from server_app.loop import run_server
 from task.run_dir import RunDirError
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import InProcessGrid, task_identity, tiny_run_config
+from testkit.grid import InProcessGrid, task_identity
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 COMPARED = ("round", "train_loss", "personalised_accuracy", "global_accuracy", "personalised_loss")
 

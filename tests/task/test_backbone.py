@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from task.backbone import BackboneNotFoundError, load_backbone
 from task.config import ConfigError, ModelConfig
-from tests.conftest import save_tiny_clip
+from testkit.models import save_tiny_clip
 
 
 def test_loads_local_dir_frozen_eval_cpu(tiny_backbone):

@@ -16,7 +16,8 @@ from task.backbones import UnsupportedModelError
 from task.config import ModelConfig, PromptConfig
 from task.prompt_learner import PromptLearner
 from task.zeroshot import zeroshot_features
-from tests.conftest import TINY_CLASSES, save_tiny_dual_encoder
+from testkit.images import TINY_CLASSES
+from testkit.models import save_tiny_dual_encoder
 
 CLASSES = [*TINY_CLASSES, "baseball diamond", "mobile home park"]
 
@@ -215,7 +216,7 @@ def test_siglip_zeroshot_uses_full_length_padding(tiny_siglip):
 def test_unsupported_model_class_is_a_clear_error(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from tests.conftest import make_tiny_bert_tokenizer
+    from testkit.tiny_tokenizers import make_tiny_bert_tokenizer
 
     tok = make_tiny_bert_tokenizer()
     BertModel(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,

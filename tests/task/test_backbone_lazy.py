@@ -17,7 +17,7 @@ from task.config import ModelConfig, PromptConfig
 from task.features import FeatureCache
 from task.prompt_learner import PromptLearner
 from task.zeroshot import zeroshot_features
-from tests.conftest import TINY_CLASSES
+from testkit.images import TINY_CLASSES
 
 
 @pytest.fixture(params=["tiny_clip_dir", "tiny_dual_encoder_dir", "tiny_siglip_dir"])

@@ -18,7 +18,7 @@ from task.methods import METHODS, get_method, prompt_numel, shared_bytes, shared
 from task.ot import patch_prompt_ot, unbalanced_sinkhorn_plan
 from task.prompt_learner import PRIVATE_KEY, SHARED_KEY
 from task.train import evaluate, prompt_features, train
-from tests.conftest import TINY_CLASSES
+from testkit.images import TINY_CLASSES
 
 PROMPT_METHODS = [n for n, m in METHODS.items() if m.trains and not m.full_finetune]
 ONE_STEP = TrainConfig(epochs=1, batch_size=64, lr=0.01)

@@ -27,7 +27,7 @@ from task.classifier import (
 )
 from task.config import parse_run_config
 from task.losses import compute_logits
-from tests.conftest import TINY_CLASSES, write_synthetic_images
+from testkit.images import TINY_CLASSES, write_synthetic_images
 
 N_CTX, WIDTH = 4, 32  # the tiny CLIP's text width
 

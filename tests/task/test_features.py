@@ -8,7 +8,8 @@ from task.features import FeatureCache, FeatureSet, extract_features
 from task.losses import objective
 from task.methods import get_method
 from task.prompt_learner import PromptLearner
-from tests.conftest import TINY_CLASSES, save_tiny_clip
+from testkit.images import TINY_CLASSES
+from testkit.models import save_tiny_clip
 
 
 def _records(root):

@@ -35,8 +35,8 @@ from task.global_model import initial_shared
 from task.methods import get_method, shared_numel
 from task.runtime import get_backbone
 from task.zeroshot import zeroshot_features
-from tests.conftest import TINY_CLASSES, write_synthetic_images
-from tests.server_app.inprocess import tiny_run_config
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.run_config import tiny_run_config
 
 
 def _records(root: Path, per_class: int = 2) -> list[ImageRecord]:

@@ -1,4 +1,5 @@
-"""The weights-hash memo: same answer as hashing, reused while the file is unchanged."""
+"""Content hashes: the weights-hash memo (same answer, reused while a file is unchanged) and
+the tensor checksum stored in cache and private-prompt files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import task.hashing as hashing
 
@@ -61,3 +63,25 @@ def test_corrupt_memo_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     f = tmp_path / "w.bin"
     f.write_bytes(b"y")
     assert hashing.file_sha256_memo(f) == _sha(b"y")
+
+
+@pytest.mark.parametrize(
+    ("make", "digest"),
+    [
+        (
+            lambda: torch.arange(6, dtype=torch.float32).reshape(2, 3),
+            "6fa8cc27caf0bad3be1d4a001ed46270dd716ac45cd3c727ad441966fc7cb742",
+        ),
+        (
+            lambda: torch.zeros(0, 4),
+            "3efd62b730222ec5c597ef576854abd86893cd45c57b7f28365ba54d589c1edd",
+        ),
+        (
+            lambda: torch.arange(4, dtype=torch.bfloat16),
+            "cfb0f81cc54592aeda2ffb34cfa292d38df6002a4322145a13b6239bf2366ee8",
+        ),
+    ],
+)
+def test_tensor_checksum_is_byte_exact(make, digest: str) -> None:
+    """Feature-cache and private-prompt files already on disk carry these checksums."""
+    assert hashing.tensor_sha256(make()) == digest

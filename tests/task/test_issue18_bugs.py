@@ -17,7 +17,7 @@ from task.config import parse_run_config
 from task.learner import build_learner
 from task.methods import get_method
 from task.run_dir import RunDir
-from tests.conftest import TINY_CLASSES
+from testkit.images import TINY_CLASSES
 
 
 def test_moving_the_feature_cache_keeps_a_run_resumable(tmp_path):

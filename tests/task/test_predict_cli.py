@@ -16,7 +16,9 @@ from task.config import AppConfig, ClientSection, parse_run_config
 from task.predict_cli import RunLoadError, export_main, load_run_model, main, predict_main
 from task.private_store import PrivateStore
 from task.run_dir import RunDir
-from tests.conftest import SHARED, TINY_CLASSES, save_tiny_clip, write_synthetic_images
+from testkit.images import TINY_CLASSES, write_synthetic_images
+from testkit.models import save_tiny_clip
+from tests.conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from task.backbone import BackboneNotFoundError
 from task.config import parse_app_config
 from task.data import DataError
 from task.preflight import PreflightError, check_data, check_model, key_to_fix, run_preflight
-from tests.conftest import write_synthetic_images
+from testkit.images import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = ["01_Grassland", "02_Farmland", "03_Industrial", "04_RiverLake"]

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from task.config import ConfigError, PromptConfig
 from task.prompt_learner import PRIVATE_KEY, SHARED_KEY, PromptLearner
-from tests.conftest import TINY_CLASSES
+from testkit.images import TINY_CLASSES
 
 
 def _reference(backbone, sentences):

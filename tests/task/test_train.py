@@ -9,7 +9,7 @@ from task.methods import get_method
 from task.prompt_learner import PromptLearner
 from task.train import evaluate, prompt_features, train
 from task.zeroshot import zeroshot_features
-from tests.conftest import TINY_CLASSES
+from testkit.images import TINY_CLASSES
 
 
 def _separable_features(learner, n_per_class=12, n_patches=4, seed=0):

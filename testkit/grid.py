@@ -1,4 +1,5 @@
-"""An in-process Grid: the real ServerApp loop and ClientApp handlers, no SuperLink.
+"""An in-process Grid: the real ServerApp loop and ClientApp handlers, no SuperLink (used by the
+tests and by bench.message_bytes / bench.soak).
 
 Every message goes through the real ClientApp object (its @app.train / @app.evaluate), so these
 tests exercise the same code as `flwr run`; only transport and process boundaries are skipped.
@@ -114,33 +115,3 @@ class InProcessGrid(Grid):
             self.replies.append(reply)
             out.append(reply)
         return out
-
-
-def tiny_run_config(
-    tmp: Any, model_dir: Any, image_root: Any, num_clients: int = 3, **overrides: Any
-) -> dict[str, Any]:
-    """A complete flat run config for the tiny CLIP on synthetic images, all paths under tmp."""
-    cfg: dict[str, Any] = {
-        "model.name": str(model_dir),
-        "model.device": "cpu",
-        "method.name": "fedrsclip",
-        "loss.ot-iters": 20,
-        "train.epochs": 1,
-        "train.batch-size": 8,
-        "train.lr": 0.01,
-        "cache.dir": str(tmp / "features"),
-        "data.dataset": "imagefolder",
-        "data.root": str(image_root),
-        "data.num-clients": num_clients,
-        "data.partitioner": "dirichlet",
-        "data.alpha": 0.3,
-        "data.min-client-size": 6,
-        "data.test-fraction": 0.25,
-        "server.num-rounds": 2,
-        "server.min-nodes": num_clients,
-        "run.name": "tiny",
-        "run.dir": str(tmp / "runs"),
-        "client.private-dir": str(tmp / "private"),
-    }
-    cfg.update(overrides)
-    return cfg

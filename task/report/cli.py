@@ -1,0 +1,58 @@
+"""``python -m task.report``: read a directory of runs, write the markdown report and plots."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from task.report.render import render
+from task.report.runs import app_defaults, load_runs
+
+DESCRIPTION = (
+    "Turn ``runs/`` into ``docs/results.md`` and PNG plots (pure: reads run directories only)."
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m task.report", description=DESCRIPTION)
+    parser.add_argument("--runs", default="runs", help="directory of run directories")
+    parser.add_argument("--out", default="docs/results.md", help="markdown file to write")
+    parser.add_argument(
+        "--preamble",
+        default=None,
+        help="markdown inserted at the top (default: <plots>/preamble.md when it exists)",
+    )
+    parser.add_argument(
+        "--plots", default=None, help="directory for the PNGs (default: <out dir>/results)"
+    )
+    parser.add_argument(
+        "--variant-keys",
+        default="",
+        help="comma-separated config keys that, off their default, make a method row of their "
+        "own in the same setup instead of a new setup (e.g. loss.alpha)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report; exit code 2 (argparse) for a --variant-keys entry that is no key."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    plot_dir = Path(args.plots) if args.plots else out.parent / "results"
+    pre_path = Path(args.preamble) if args.preamble else plot_dir / "preamble.md"
+    preamble = pre_path.read_text() if pre_path.is_file() else ""
+    runs = load_runs(args.runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    variants = [k.strip() for k in args.variant_keys.split(",") if k.strip()]
+    unknown = sorted(set(variants) - set(app_defaults()))
+    if unknown:
+        parser.error(
+            f"--variant-keys: {', '.join(unknown)} not a run-config key of pyproject.toml "
+            "(e.g. loss.alpha)"
+        )
+    text = render(runs, out, preamble, plot_dir, variant_keys=variants)
+    out.write_text(text + "\n")
+    print(f"wrote {out} ({sum(r.complete for r in runs)} complete runs of {len(runs)})")
+    return 0

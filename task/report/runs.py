@@ -1,0 +1,112 @@
+"""Reading run directories: config.json, metrics.jsonl and summary.json of each run.
+
+A run's config is kept as recorded (its keys define its setup). Settings the report needs are
+looked up through :func:`with_defaults`, which fills keys an older run lacks with today's
+defaults taken from the config dataclasses, so no default is typed here a second time and
+configs written before a key existed (or holding keys since removed) still load.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from task.config import parse_app_config
+
+
+@functools.cache
+def _today_defaults() -> tuple[tuple[str, Any], ...]:
+    return tuple(parse_app_config({}).to_flat().items())
+
+
+def app_defaults() -> dict[str, Any]:
+    """Today's flat run-config defaults (``section.key`` -> value), as pyproject.toml lists
+    them: the dataclasses of task.config are the single source."""
+    return dict(_today_defaults())
+
+
+def with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config with the keys it lacks at today's defaults (unknown keys kept)."""
+    return {**app_defaults(), **cfg}
+
+
+@dataclass
+class Run:
+    """One run directory as recorded (summary is None until the run finished)."""
+
+    name: str
+    root: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The config with missing keys at today's defaults (see :func:`with_defaults`)."""
+        return with_defaults(self.config)
+
+    @property
+    def method(self) -> str:
+        return str(self.settings["method.name"])
+
+    @property
+    def seed(self) -> Any:
+        return self.settings["train.seed"]
+
+    @property
+    def num_rounds(self) -> int:
+        return int(self.settings["server.num-rounds"] or 0)
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.summary is not None
+            and int(self.summary.get("final_round") or 0) >= self.num_rounds > 0
+        )
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of metrics.jsonl (a torn last line is ignored), as RunDir reads."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def load_runs(runs_dir: str | Path) -> list[Run]:
+    """Every ``<runs_dir>/<name>/`` with a readable config.json, sorted by name."""
+    out = []
+    for root in sorted(Path(runs_dir).glob("*/config.json")):
+        root = root.parent
+        try:
+            config = json.loads((root / "config.json").read_text())
+        except json.JSONDecodeError:
+            continue
+        summary = None
+        if (root / "summary.json").is_file():
+            try:
+                summary = json.loads((root / "summary.json").read_text())
+            except json.JSONDecodeError:
+                summary = None
+        out.append(Run(root.name, root, config, read_metrics(root / "metrics.jsonl"), summary))
+    return out
+
+
+def missing_keys(run: Run, defaults: Mapping[str, Any]) -> list[str]:
+    """Config keys the app has now but this run's config.json lacks (added after it ran)."""
+    return sorted(k for k in defaults if k not in run.config)
+
+
+def finished_at(run: Run) -> float:
+    """mtime of summary.json (0 when absent): the newer of two reruns wins."""
+    path = run.root / "summary.json"
+    return path.stat().st_mtime if path.is_file() else 0.0
