@@ -118,7 +118,9 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]
     return client, server_round, cfg.server.fp16_transport
 
 
-def _timings(client: FederatedClient, t0: float, c0: float) -> dict[str, float]:
+def _timings(
+    client: FederatedClient, t0: float, c0: float, handler_started: float
+) -> dict[str, float]:
     """Where this reply's time went: loading the backbone (first message of a process), image
     features (cache load or extraction) and the rest (wall seconds), the CPU seconds this
     process used (which other jobs on a shared machine inflate far less than wall time), and
@@ -131,7 +133,7 @@ def _timings(client: FederatedClient, t0: float, c0: float) -> dict[str, float]:
         "time-features": client.feature_seconds,
         "time-compute": total - client.feature_seconds - setup,
         "time-cpu": time.process_time() - c0,
-        **timeline.marks(handler_started=time.time() - total),
+        **timeline.marks(handler_started),
     }
 
 
@@ -150,7 +152,7 @@ def train(msg: Message, context: Context) -> Message:
     r's aggregate) is first evaluated, with the private prompt as saved at the end of round r,
     exactly as a separate evaluate message would; the result rides in the same reply.
     """
-    t0, c0 = time.perf_counter(), time.process_time()
+    started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
     client, server_round, _ = _client(msg, context)
     if _faults("train", client.partition_id, server_round):
         raise InjectedFault(f"injected fault: client {client.partition_id} train (FEDRSCLIP_FAULT)")
@@ -163,8 +165,8 @@ def train(msg: Message, context: Context) -> Message:
     if evaluate_round >= 1:
         te, ce = time.perf_counter(), time.process_time()
         res = client.evaluate(shared, evaluate_round, bool(config.get(ZEROSHOT_KEY, False)))
-        records[EVAL_METRICS] = MetricRecord(_eval_metrics(client, res, te, ce))
-        client.feature_seconds = 0.0  # the train timings below start afresh
+        records[EVAL_METRICS] = MetricRecord(_eval_metrics(client, res, te, ce, started))
+        client.feature_seconds = client.backbone_seconds = 0.0  # train timings start afresh
         t0, c0 = time.perf_counter(), time.process_time()
     new_shared, result = client.train(shared, server_round)
     metrics = {
@@ -174,7 +176,7 @@ def train(msg: Message, context: Context) -> Message:
         "partition-id": client.partition_id,
     }
     metrics.update({f"train-{k}": float(v) for k, v in result.parts.items() if k != "loss"})
-    metrics.update(_timings(client, t0, c0))
+    metrics.update(_timings(client, t0, c0, started))
     content = RecordDict(
         {ARRAYS: to_record(new_shared, fp16=fp16), METRICS: MetricRecord(metrics), **records}
     )
@@ -184,16 +186,18 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Personalised (shared + private) and shared-only accuracy on this client's test split."""
-    t0, c0 = time.perf_counter(), time.process_time()
+    started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
     client, server_round, _ = _client(msg, context)
     shared, _ = _shared(msg)
     with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT_KEY, False))
     res = client.evaluate(shared, server_round, with_zeroshot)
-    metrics = _eval_metrics(client, res, t0, c0)
+    metrics = _eval_metrics(client, res, t0, c0, started)
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def _eval_metrics(client: FederatedClient, res: ClientEval, t0: float, c0: float) -> dict:
+def _eval_metrics(
+    client: FederatedClient, res: ClientEval, t0: float, c0: float, started: float
+) -> dict:
     metrics = {
         "num-examples": int(res.personalised.num_examples),
         "personalised-accuracy": float(res.personalised.accuracy),
@@ -206,7 +210,7 @@ def _eval_metrics(client: FederatedClient, res: ClientEval, t0: float, c0: float
     }
     if res.zeroshot is not None:
         metrics["zeroshot-accuracy"] = float(res.zeroshot.accuracy)
-    metrics.update(_timings(client, t0, c0))
+    metrics.update(_timings(client, t0, c0, started))
     return metrics
 
 

@@ -86,3 +86,32 @@ def test_bench_and_testkit_never_import_the_tests() -> None:
         if re.search(r"^\s*(from|import) tests\b", p.read_text(), re.M)
     ]
     assert offenders == []
+
+
+def test_deploy_timeline_splits_a_message_life() -> None:
+    from bench.deploy_overhead import markdown as deploy_markdown
+    from bench.deploy_overhead import timeline
+
+    def client(t0: float) -> dict:
+        return {
+            "train_at_process-start": t0 + 1.0, "train_at_imports-start": t0 + 1.5,
+            "train_at_imports-done": t0 + 4.5, "train_at_handler-start": t0 + 4.6,
+            "train_at_reply": t0 + 6.0, "train_backbone_s": 0.4, "train_features_s": 0.1,
+            "train_compute_s": 0.9, "eval_at_reply": 99.0,
+        }  # fmt: skip
+
+    rows = [{"round": 1}] + [
+        {"round": r, "train_sent_at": 100.0 * r, "train_received_at": 100.0 * r + 7.0,
+         "per_client": {"0": client(100.0 * r), "1": client(100.0 * r)}}
+        for r in (2, 3)
+    ]  # fmt: skip
+    parts = timeline(rows, "train")
+    assert parts == {
+        "queue_spawn": 1.0, "python_start": 0.5, "imports": 3.0, "to_handler": 0.1,
+        "model_load": 0.4, "features": 0.1, "compute": 0.9, "reply": 1.0,
+    }  # fmt: skip
+    case = {"rounds": [9.0, 7.0], "median_round_after_first_s": 7.0, "load1": 1.0,
+            "timeline_train": parts, "bytes_down_per_client_round": 9000, "payload_bytes": 8192}
+    table = deploy_markdown({"fused": case, "process_start": {"process_s": 5, "imports_s": 3,
+                                                               "load_s": 1}})  # fmt: skip
+    assert "| fused | 9.0, 7.0 | 7.0 | 1.10x | 1.00 |" in table and "| imports | 3.00 |" in table
