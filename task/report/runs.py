@@ -102,8 +102,11 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
 
 
 def missing_keys(run: Run, defaults: Mapping[str, Any]) -> list[str]:
-    """Config keys the app has now but this run's config.json lacks (added after it ran)."""
-    return sorted(k for k in defaults if k not in run.config)
+    """Setup keys the app has now but this run's config.json lacks (added after it ran); keys
+    that define no setup (where things live, how evaluation is scheduled) are not worth a note."""
+    from task.config import NON_SETUP_KEYS
+
+    return sorted(k for k in defaults if k not in run.config and k not in NON_SETUP_KEYS)
 
 
 def finished_at(run: Run) -> float:
