@@ -177,12 +177,12 @@ def run_export(args: argparse.Namespace) -> int:
 def make_scorer(args: argparse.Namespace):
     """(scorer, backbone, image processor, description) for the predict arguments."""
     from task.classifier import (
-        ExportedClassifier,
         check_backbone,
         classifier_from_prompts,
         image_processor_from_dict,
         preprocessing_dict,
     )
+    from task.exported import ExportedClassifier
 
     if args.export:
         clf = ExportedClassifier.load(args.export)
@@ -210,7 +210,7 @@ def make_scorer(args: argparse.Namespace):
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from task.classifier import find_images, predict_images
+    from task.predict import find_images, predict_images
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ValueError("--top-k and --batch-size must be >= 1")
@@ -261,7 +261,8 @@ def _run(command: str, args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would mix with our output
     from task.backbone import BackboneNotFoundError
-    from task.classifier import BackboneMismatchError, ExportError
+    from task.classifier import BackboneMismatchError
+    from task.exported import ExportError
 
     try:
         return run_predict(args) if command == "predict" else run_export(args)

@@ -10,23 +10,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from task.classifier import (
-    FORMAT_VERSION,
-    META_NAME,
-    WEIGHTS_NAME,
     BackboneMismatchError,
-    ExportedClassifier,
-    ExportError,
     check_backbone,
     classifier_from_prompts,
     export_classifier,
-    find_images,
     freeze,
     image_processor_from_dict,
-    predict_images,
     preprocessing_dict,
 )
 from task.config import parse_run_config
+from task.exported import (
+    FORMAT_VERSION,
+    META_NAME,
+    WEIGHTS_NAME,
+    ExportedClassifier,
+    ExportError,
+)
 from task.losses import compute_logits
+from task.predict import find_images, predict_images
 from testkit.images import TINY_CLASSES, write_synthetic_images
 
 N_CTX, WIDTH = 4, 32  # the tiny CLIP's text width
