@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from server_app.loop import RoundFailedError
+from server_app.phases import RoundFailedError
 from task.private_store import PrivateStore
 from tests.reliability.helpers import client_dir, experiment, rows, run, setup_run
 

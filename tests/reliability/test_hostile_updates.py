@@ -21,7 +21,7 @@ from flwr.app import (
 )
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
-from server_app.loop import _missing
+from server_app.phases import _missing
 from server_app.strategy import SharedPromptFedAvg, expected_examples
 from testkit.images import TINY_CLASSES
 from tests.reliability.helpers import rows, run, setup_run
