@@ -1,6 +1,6 @@
 """What the compose demo checks after a run, as pure functions of facts gathered from the engine.
 
-The facts (see ``compose_demo.ComposeDemo.inspect``): every project volume's files (with each
+The facts (see ``compose_stack.ComposeDemo.inspect``): every project volume's files (with each
 safetensors file's tensor names and metadata keys, read inside a helper container), every
 container's mounts and the files it added to its own layer, the run's metrics and the
 unregistered node's exit. Kept apart from the orchestration so the rules are unit-tested without

@@ -28,6 +28,7 @@ from tests.deploy import REPO, load_script
 demo = load_script("compose_demo")
 checks = demo.checks
 images = demo.images
+project = demo.project
 
 
 # -- rules (no engine) --------------------------------------------------------------------------
@@ -141,12 +142,12 @@ def test_run_problems_are_found() -> None:
 
 
 def test_env_and_run_config_for_n_nodes(tmp_path: Path) -> None:
-    demo.write_env(tmp_path / ".env", 2, {"MODEL_DIR": "/m", "NODE_0_DATA_ROOT": "/n0"})
+    project.write_env(tmp_path / ".env", 2, {"MODEL_DIR": "/m", "NODE_0_DATA_ROOT": "/n0"})
     env = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
     assert env["NUM_SUPERNODES"] == "2" and env["MODEL_DIR"] == "/m"
     assert env["NODE_0_DATA_ROOT"] == "/n0" and "NODE_1_DATA_ROOT" in env
     assert not any(k.startswith("NODE_2_") for k in env)
-    cfg = demo.container_run_config({"data.partitioner": "local", "model.name": "/host"}, 2)
+    cfg = project.container_run_config({"data.partitioner": "local", "model.name": "/host"}, 2)
     assert cfg["model.name"] == "/models/clip" and cfg["run.dir"] == "/data/server/runs"
     assert cfg["data.num-clients"] == 2 == cfg["server.min-nodes"]
     assert cfg["data.partitioner"] == "local"
@@ -156,11 +157,11 @@ def test_workdir_is_only_emptied_when_a_demo_made_it(tmp_path: Path) -> None:
     engine = images.Engine("podman", [])
     (tmp_path / "mine.txt").write_text("keep")
     with pytest.raises(ValueError, match="not a demo workdir"):
-        demo.fresh_workdir(tmp_path, engine)
+        project.fresh_workdir(tmp_path, engine)
     assert (tmp_path / "mine.txt").exists()
-    work = demo.fresh_workdir(tmp_path / "w", engine)
+    work = project.fresh_workdir(tmp_path / "w", engine)
     (work / "old-report.json").write_text("{}")
-    assert list(demo.fresh_workdir(work, engine).iterdir()) == [work / demo.MARKER]
+    assert list(project.fresh_workdir(work, engine).iterdir()) == [work / project.MARKER]
 
 
 def test_torch_from_a_local_wheel_or_an_index(tmp_path: Path, monkeypatch) -> None:
