@@ -236,9 +236,7 @@ def markdown(doc: dict) -> str:
         out += ["", "| part of a message (median, s) | " + " | ".join(dep) + " |"]
         out.append("| --- |" + " --- |" * len(dep))
         for part in PHASES:
-            cells = [
-                f"{doc[c]['timeline_train'].get(part, float('nan')):.2f}" for c in dep
-            ]
+            cells = [f"{doc[c]['timeline_train'].get(part, float('nan')):.2f}" for c in dep]
             out.append(f"| {part.replace('_', ' ')} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 

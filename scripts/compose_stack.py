@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Its sibling modules, also when this file is loaded by path (tests) rather than run.
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Its sibling modules and the repository's packages, also when this file is loaded by path
+# (tests) rather than run.
+for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import compose_checks as checks  # noqa: E402
 import compose_images as images  # noqa: E402
@@ -36,6 +38,8 @@ from compose_project import (  # noqa: E402
     readable_by_all,
     write_env,
 )
+
+from server_app.launch_compose import to_toml  # noqa: E402
 
 REPO = images.REPO
 FILES = ("compose.yml", "compose.tls.yml", "compose.auth.yml")
@@ -133,7 +137,7 @@ class ComposeDemo:
             f'root-certificates = "{self.certs / "ca.crt"}"\n'
         )
         out = self.workdir / "run-config.toml"
-        out.write_text(dl.toml_dump(container_run_config(local, self.nodes)))
+        out.write_text(to_toml(container_run_config(local, self.nodes)))
         return out
 
     def _split_images(self, image_root: Path, run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,7 +149,7 @@ class ComposeDemo:
             "data.num-clients": self.nodes,
         }
         src = self.workdir / "run-config.source.toml"
-        src.write_text(dl.toml_dump(source))
+        src.write_text(to_toml(source))
         dep = dl.LocalDeployment(self.workdir, self.nodes, tls=False, auth=False)
         dep.nodes = [
             dl.Node(i, self.workdir / "nodes" / f"node-{i}", 0, None) for i in range(self.nodes)

@@ -175,7 +175,9 @@ def train_phase(
         raise err
     tally.absorb(rep)
     fields: dict[str, Any] = {
-        "clients_ok": rep.ok, "train_sent_at": sent_at, "train_received_at": received_at
+        "clients_ok": rep.ok,
+        "train_sent_at": sent_at,
+        "train_received_at": received_at,
     }
     evaluation = None
     if evaluate_round is not None:
@@ -241,7 +243,9 @@ def evaluate_phase(
     rep = strategy.eval_report
     tally.absorb(rep, missing)
     fields: dict[str, Any] = {
-        "clients_ok": rep.ok, "eval_sent_at": sent_at, "eval_received_at": received_at
+        "clients_ok": rep.ok,
+        "eval_sent_at": sent_at,
+        "eval_received_at": received_at,
     }
     if metrics is not None:
         fields.update(_eval_fields(metrics, srv.global_eval))

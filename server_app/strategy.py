@@ -256,8 +256,10 @@ class SharedPromptFedAvg(FedAvg):
             kept,
             claims,
             self.max_examples_ratio * median,
-            lambda n: f"{NUM_EXAMPLES} {n:g} > server.max-examples-ratio "
-            f"{self.max_examples_ratio:g} x round median {median:g}",
+            lambda n: (
+                f"{NUM_EXAMPLES} {n:g} > server.max-examples-ratio "
+                f"{self.max_examples_ratio:g} x round median {median:g}"
+            ),
             exempt=lambda item: item[2]["partition-id"] in known,
         )
 
@@ -285,8 +287,10 @@ class SharedPromptFedAvg(FedAvg):
             kept,
             norms,
             self.max_norm_ratio * median,
-            lambda norm: f"update norm {norm:.4g} > server.max-norm-ratio "
-            f"{self.max_norm_ratio:g} x round median {median:.4g}",
+            lambda norm: (
+                f"update norm {norm:.4g} > server.max-norm-ratio "
+                f"{self.max_norm_ratio:g} x round median {median:.4g}"
+            ),
         )
 
     def aggregate_train(

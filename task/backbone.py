@@ -270,4 +270,3 @@ def _identity(source: str, config: object) -> str:
         h.update(source.encode())
         h.update(str(getattr(config, "_commit_hash", "") or "").encode())
     return h.hexdigest()[:16]
-

@@ -36,8 +36,6 @@ class ExportError(ValueError):
     """An export directory is missing, incomplete, or of an unknown format version."""
 
 
-
-
 def head_parts(head: str) -> list[str]:
     """``clip+ot`` -> [clip, ot]: the heads whose logits are averaged."""
     return head.split("+")

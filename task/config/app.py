@@ -231,9 +231,7 @@ def check_app(cfg: AppConfig) -> None:
 # -- run names ------------------------------------------------------------------------------
 def _run_name(cfg: AppConfig, extra_keys: tuple[str, ...]) -> str:
     info = section_roles(cfg.sections())
-    flat = {
-        k: v for k, v in cfg.to_flat().items() if info[k].roles.in_name or k in extra_keys
-    }
+    flat = {k: v for k, v in cfg.to_flat().items() if info[k].roles.in_name or k in extra_keys}
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
     d, seed = cfg.core.data, cfg.core.train.seed
     return f"{d.dataset}-{cfg.core.method.name}-{d.num_clients}c-s{seed}-{digest[:6]}"

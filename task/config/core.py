@@ -57,9 +57,7 @@ class PromptConfig:
 class MethodConfig:
     """Which registered method trains (see task.methods)."""
 
-    name: str = key(
-        "fedrsclip", "one of the methods listed in [Running](#running)", setup=False
-    )
+    name: str = key("fedrsclip", "one of the methods listed in [Running](#running)", setup=False)
 
     def validate(self) -> None:
         from task.methods import METHODS  # a registry without imports of its own
@@ -90,9 +88,7 @@ class LossConfig:
         "POT's Sinkhorn always",
     )
     head: str = key("clip+ot", "logits: `clip`, `ot` or their mean `clip+ot`")
-    ot_marginal_reg: float = key(
-        0.0, "ρ, marginal penalty of unbalanced OT; 0 = balanced Sinkhorn"
-    )
+    ot_marginal_reg: float = key(0.0, "ρ, marginal penalty of unbalanced OT; 0 = balanced Sinkhorn")
     prox_mu: float = key(0.01, "μ of `fedprox`'s proximal term")
     pgp_weight: float = key(1.0, "weight of `fedpgp`'s contrastive loss")
     pgp_temp: float = key(1.0, "temperature of `fedpgp`'s contrastive logits")

@@ -89,9 +89,7 @@ class DataConfig:
     cross: str = key(
         "", "cross-dataset federation, `ucmerced:5,aid:5` (dataset:clients, ...)", **_FED
     )
-    cross_roots: str = key(
-        "", "local roots for `data.cross`, `ucmerced=/d/ucm,aid=/d/aid`", **_FED
-    )
+    cross_roots: str = key("", "local roots for `data.cross`, `ucmerced=/d/ucm,aid=/d/aid`", **_FED)
     cross_aliases: str = key(
         "", "extra class-name merges, `port=harbor,farmland=agricultural`", **_FED
     )

@@ -110,8 +110,14 @@ def test_deploy_timeline_splits_a_message_life() -> None:
         "queue_spawn": 1.0, "python_start": 0.5, "imports": 3.0, "to_handler": 0.1,
         "model_load": 0.4, "features": 0.1, "compute": 0.9, "reply": 1.0,
     }  # fmt: skip
-    case = {"rounds": [9.0, 7.0], "median_round_after_first_s": 7.0, "load1": 1.0,
-            "timeline_train": parts, "bytes_down_per_client_round": 9000, "payload_bytes": 8192}
+    case = {
+        "rounds": [9.0, 7.0],
+        "median_round_after_first_s": 7.0,
+        "load1": 1.0,
+        "timeline_train": parts,
+        "bytes_down_per_client_round": 9000,
+        "payload_bytes": 8192,
+    }
     table = deploy_markdown({"fused": case, "process_start": {"process_s": 5, "imports_s": 3,
                                                                "load_s": 1}})  # fmt: skip
     assert "| fused | 9.0, 7.0 | 7.0 | 1.10x | 1.00 |" in table and "| imports | 3.00 |" in table

@@ -153,6 +153,23 @@ def test_env_and_run_config_for_n_nodes(tmp_path: Path) -> None:
     assert cfg["data.partitioner"] == "local"
 
 
+def test_node_image_folders_and_container_run_config(tmp_path: Path) -> None:
+    """The host-side split (no engine): each node gets its own share of the images and the
+    run config flwr run sends names only container paths, with the class names spelled out."""
+    from testkit.images import TINY_CLASSES, write_synthetic_images
+
+    root = write_synthetic_images(tmp_path / "images", TINY_CLASSES[:3], per_class=4, size=8)
+    stack = demo.ComposeDemo(images.Engine("podman", []), tmp_path / "w", "p", nodes=2)
+    stack.workdir.mkdir()
+    local = stack._split_images(root, {"model.name": "/host/model", "data.seed": 0})
+    shares = [sorted(p.name for p in stack.node_images(i).rglob("*.png")) for i in range(2)]
+    assert sum(map(len, shares)) == 12 and not set(shares[0]) & set(shares[1])
+    cfg = project.container_run_config(local, 2)
+    assert cfg["data.partitioner"] == "local" and not cfg["data.root"]  # no host path
+    assert cfg["model.name"] == "/models/clip"
+    assert sorted(cfg["data.class-names"].split(",")) == sorted(TINY_CLASSES[:3])
+
+
 def test_workdir_is_only_emptied_when_a_demo_made_it(tmp_path: Path) -> None:
     engine = images.Engine("podman", [])
     (tmp_path / "mine.txt").write_text("keep")

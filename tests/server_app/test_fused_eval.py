@@ -34,7 +34,10 @@ def test_fused_metrics_equal_separate(tmp_path, tiny_clip_dir, method):
         for key in EVAL_KEYS:
             a, b = f.get(key), s.get(key)
             assert (a is None and b is None) or a == b or (math.isnan(a) and math.isnan(b)), (
-                key, f["round"], a, b
+                key,
+                f["round"],
+                a,
+                b,
             )
         assert f["train_loss"] == s["train_loss"]
         for pid, values in s["per_client"].items():

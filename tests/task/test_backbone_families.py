@@ -219,8 +219,15 @@ def test_unsupported_model_class_is_a_clear_error(tmp_path):
     from testkit.tiny_tokenizers import make_tiny_bert_tokenizer
 
     tok = make_tiny_bert_tokenizer()
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
-                         num_attention_heads=1, intermediate_size=8)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            intermediate_size=8,
+        )
+    ).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with pytest.raises((UnsupportedModelError, OSError), match="BertModel|supported|processor"):
         load_backbone(ModelConfig(name=str(tmp_path), device="cpu"))

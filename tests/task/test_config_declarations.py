@@ -138,7 +138,7 @@ def test_no_import_cycles():
         visiting.add(node)
         for nxt in sorted(graph[node]):
             if nxt in visiting:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt, [*stack, nxt])
         visiting.discard(node)
