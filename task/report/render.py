@@ -29,6 +29,11 @@ INTRO = (
     "each client's own model (shared + private prompt where the method has one) on its own "
     "test split, pooled over clients; *global*: the shared prompt alone."
 )
+VALIDATION_NOTE = (
+    "**Scored on validation.** Every run here has `data.holdout=val`: wherever this page says "
+    "*test*, read each client's validation images (its `data.val-fraction` of the training "
+    "images); no test image was loaded."
+)
 FEDERATION_NOTE = (
     "*params/round*: shared numbers one client uploads per round "
     "(`task.methods.prompt_numel`, h × W; — where it needs the model, e.g. "
@@ -68,7 +73,10 @@ def _header(runs: Sequence[Run], preamble: str) -> list[str]:
     if preamble.strip():
         lines += [preamble.strip(), ""]
     done = sum(r.complete for r in runs)
-    return lines + [INTRO.format(done=done, total=len(runs)), ""]
+    lines += [INTRO.format(done=done, total=len(runs)), ""]
+    if runs and all(r.config.get("data.holdout") == "val" for r in runs):
+        lines += [VALIDATION_NOTE, ""]
+    return lines
 
 
 def _missing_key_notes(

@@ -269,3 +269,15 @@ def test_unknown_variant_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
         main(["--runs", str(tmp_path), "--out", out, "--variant-keys", "loss.alfa"])
     assert exc.value.code == 2
     assert "loss.alfa not a run-config key" in capsys.readouterr().err
+
+
+def test_validation_runs_are_labelled_as_such(tmp_path: Path) -> None:
+    """Tuning grids score on validation: the page must not present those numbers as test."""
+    runs = tmp_path / "runs"
+    make_run(runs, "promptfl", 0, [0.3, 0.5], **{"data.holdout": "val"})
+    out = tmp_path / "tuning.md"
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "**Scored on validation.**" in out.read_text()
+    make_run(runs, "promptfl", 1, [0.3, 0.5])  # one test-scored run: no blanket note
+    assert main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert "**Scored on validation.**" not in out.read_text()
