@@ -8,6 +8,7 @@ model's class and its towers come from ``task.backbones``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from transformers import (
 
 from task.backbones import ImageFeatures, TextTower, UnsupportedModelError, VisionTower, towers_for
 from task.backbones.families import FAMILY_OF_TYPE, SUPPORTED_MODEL_TYPES
-from task.backbones.optional_imports import timm_for_transformers
+from task.backbones.optional_imports import has_timm_tower, timm_for_transformers
 from task.backbones.text_only import load_text_side, text_tower, weight_files
 from task.config import ConfigError, ModelConfig
 from task.hashing import file_sha256_memo
@@ -193,7 +194,8 @@ def load_backbone(cfg: ModelConfig, lazy_vision: bool = True) -> Backbone:
 
     def load_model() -> PreTrainedModel:
         try:
-            with timm_for_transformers():
+            timm = timm_for_transformers() if has_timm_tower(config) else contextlib.nullcontext()
+            with timm:
                 model = AutoModel.from_pretrained(source, dtype=dtype)
         except OSError as err:
             raise BackboneNotFoundError(_not_found_message(cfg.name, err)) from err

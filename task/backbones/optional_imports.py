@@ -127,6 +127,15 @@ def import_optional(package: str, needed_for: str) -> types.ModuleType:
         return importlib.import_module(package)
 
 
+def has_timm_tower(config: object) -> bool:
+    """Whether a transformers config builds a ``TimmWrapperModel`` tower (only then is timm
+    needed: a CLIPModel or SigLIP loads where timm is not installed)."""
+    vision = getattr(config, "vision_config", None)
+    return getattr(config, "model_type", None) == "timm_wrapper" or (
+        getattr(vision, "model_type", None) == "timm_wrapper"
+    )
+
+
 @contextmanager
 def timm_for_transformers() -> Iterator[None]:
     """Let transformers build ``TimmWrapperModel`` towers with the timm imported above.

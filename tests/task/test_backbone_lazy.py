@@ -86,3 +86,22 @@ def test_a_text_only_process_imports_no_timm(tiny_dual_encoder_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_clip_vision_tower_loads_where_timm_is_not_installed(tiny_clip_dir):
+    """Only a timm tower needs timm: the ClientApp image built for a CLIPModel has none."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["timm"] = None  # as if not installed: `import timm` raises
+        from transformers.utils import import_utils
+        import_utils.is_timm_available = lambda: False
+        from task.backbone import load_backbone
+        from task.config import ModelConfig
+        b = load_backbone(ModelConfig(name={str(tiny_clip_dir)!r}, device="cpu"))
+        b.encode_images(__import__("torch").randn(1, 3, 32, 32), False)
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
