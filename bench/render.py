@@ -64,7 +64,11 @@ def render(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
         doc = json.loads(path.read_text())
         when = f"{doc.get('command', '')}, {doc.get('date', '')}"
         stamp = f"<!-- generated from bench/results/{file} ({when}) -->\n"
-        body = stamp + make(doc)
+        try:
+            body = stamp + make(doc)
+        except KeyError as err:  # a result file from an older version of its bench
+            print(f"{file}: no field {err}; rerun its bench to regenerate the table", flush=True)
+            continue
         text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(3), text)
         done.append(name)
     return text, done
