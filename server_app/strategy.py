@@ -1,4 +1,5 @@
-"""FedAvg over the shared prompt only, with every reply validated before it can be averaged in.
+"""FedAvg over the shared prompt only, with every reply validated before it can be averaged in
+(the rules: server_app/reply_rules.py).
 
 The strategy is Flower's FedAvg with the message contents narrowed to the method's shared keys.
 A reply is dropped (logged and counted, never averaged) when it has an error, lacks a positive
@@ -32,12 +33,12 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from protocol.messages import ARRAYS, EVAL_METRICS, METRICS, content_bytes, from_record
-from task.aggregate import check_shared, weighted_average, weighted_mean
+from protocol.messages import EVAL_METRICS, METRICS, content_bytes, from_record
+from server_app.reply_rules import NUM_EXAMPLES, ReplyRules
+from task.aggregate import weighted_average, weighted_mean
 from task.data_source import data_source
 
 log = logging.getLogger(__name__)
-NUM_EXAMPLES = "num-examples"
 # Errors the SuperLink itself returns (src node = the SuperLink) when no reply can come.
 _LINK_ERRORS = (
     ErrorCode.MESSAGE_UNAVAILABLE,
@@ -74,15 +75,15 @@ class SharedPromptFedAvg(FedAvg):
     ) -> None:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
         self.shared_shapes = dict(shared_shapes)
-        self.wire_dtype = torch.float16 if fp16_transport else torch.float32
-        self.max_norm_ratio = float(max_norm_ratio)
-        self.num_partitions = num_partitions
-        self.max_examples_ratio = float(max_examples_ratio)
-        # Largest honest num-examples per partition, when the server knows the partitioning.
-        self.expected = {
-            True: dict(expected_train_examples or {}),
-            False: dict(expected_eval_examples or {}),
-        }
+        self.rules = ReplyRules(
+            self.shared_shapes,
+            torch.float16 if fp16_transport else torch.float32,
+            num_partitions,
+            float(max_norm_ratio),
+            float(max_examples_ratio),
+            # Largest honest num-examples per partition, when the server knows the partitioning.
+            {True: dict(expected_train_examples or {}), False: dict(expected_eval_examples or {})},
+        )
         self.configured: list[Message] = []  # this phase's messages (ids set once pushed)
         self.sent: dict[str, torch.Tensor] = {}  # the shared prompt sent in this round (fp32)
         self.train_report = RoundReport()
@@ -115,49 +116,8 @@ class SharedPromptFedAvg(FedAvg):
     def validate_reply(
         self, msg: Message, train: bool, content: RecordDict | None = None
     ) -> tuple[dict | None, str | None]:
-        """(shared tensors or {}, None) for a usable reply, (None, reason) otherwise;
-        ``content``: judge this instead of the message's own (a fused reply's evaluation)."""
-        if msg.has_error():
-            return None, f"error reply: {msg.error.reason}"
-        content = msg.content if content is None else content
-        metrics = content.metric_records.get(METRICS)
-        if metrics is None:
-            return None, "no metrics record"
-        n = metrics.get(NUM_EXAMPLES)
-        if not isinstance(n, int | float) or isinstance(n, bool) or not n > 0:
-            return None, f"{NUM_EXAMPLES} must be a positive number, got {n!r}"
-        pid = metrics.get("partition-id")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
-            return None, f"partition-id must be an int >= 0, got {pid!r}"
-        if self.num_partitions is not None and pid >= self.num_partitions:
-            return None, f"partition-id {pid} out of range (federation of {self.num_partitions})"
-        expected = self.expected[train].get(pid)
-        if expected is not None and n > expected:
-            return None, (
-                f"{NUM_EXAMPLES} {n:g} > {expected} that partition {pid} can hold "
-                f"({'epochs x its train split' if train else 'its test split'})"
-            )
-        all_keys = {k for rec in content.array_records.values() for k in rec}
-        if any("private" in k for k in all_keys):
-            return None, f"carries private tensor(s) {sorted(all_keys)}: rejected"
-        if not train:
-            if all_keys:
-                return None, f"unexpected arrays {sorted(all_keys)}"
-            for key in ("personalised-accuracy", "global-accuracy"):
-                v = metrics.get(key)
-                if v is None or _no_examples(metrics, key, v):
-                    continue
-                if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
-                    return None, f"{key} must be in [0, 1], got {v!r}"
-            return {}, None
-        if set(content.array_records) != {ARRAYS}:
-            return None, f"array records {sorted(content.array_records)} != ['{ARRAYS}']"
-        try:
-            tensors = from_record(content.array_records[ARRAYS])
-        except Exception as err:  # noqa: BLE001 (a malformed array is a bad reply)
-            return None, f"undecodable arrays: {err}"
-        reason = check_shared(tensors, self.shared_shapes, self.wire_dtype)
-        return (None, reason) if reason else (tensors, None)
+        """(shared tensors or {}, None) for a usable reply, (None, reason) otherwise."""
+        return self.rules.validate(msg, train, content)
 
     def _screen(
         self,
@@ -243,64 +203,20 @@ class SharedPromptFedAvg(FedAvg):
         ids = {id(msg) for msg, _, _ in kept}
         return [m for m in replies if id(m) in ids], report
 
-    def _claim_outliers(self, kept: list, train: bool) -> tuple[list, list[tuple[Message, str]]]:
-        """Split off replies whose example count is absurd for this round: above
-        ``max_examples_ratio`` x the (lower) median claim, for partitions whose size the server
-        does not know (a known size was already checked exactly in validate_reply)."""
-        if self.max_examples_ratio <= 0 or len(kept) < 2:
-            return kept, []
-        claims = [float(m[NUM_EXAMPLES]) for _, _, m in kept]
-        median = _lower_median(claims)
-        known = self.expected[train]
-        return _split_above(
-            kept,
-            claims,
-            self.max_examples_ratio * median,
-            lambda n: (
-                f"{NUM_EXAMPLES} {n:g} > server.max-examples-ratio "
-                f"{self.max_examples_ratio:g} x round median {median:g}"
-            ),
-            exempt=lambda item: item[2]["partition-id"] in known,
-        )
-
     def _drop(self, report: RoundReport, outliers: list[tuple[Message, str]]) -> None:
         for msg, reason in outliers:
             log.warning("round reply from node %d rejected: %s", msg.metadata.src_node_id, reason)
             self._reject(report, msg, reason)
             report.ok -= 1
 
-    def _norm_outliers(self, kept: list) -> tuple[list, list[tuple[Message, str]]]:
-        """Split off updates whose distance from the sent prompt is absurd for this round."""
-        if self.max_norm_ratio <= 0 or not self.sent or len(kept) < 2:
-            return kept, []
-        norms = []
-        for _, tensors, _ in kept:
-            sq = sum(
-                float(((t.float() - self.sent[k]) ** 2).sum()) if k in self.sent else 0.0
-                for k, t in tensors.items()
-            )
-            norms.append(math.sqrt(sq))
-        median = _lower_median(norms)
-        if median <= 0.0:  # most clients sent the prompt back unchanged: no scale to judge by
-            return kept, []
-        return _split_above(
-            kept,
-            norms,
-            self.max_norm_ratio * median,
-            lambda norm: (
-                f"update norm {norm:.4g} > server.max-norm-ratio "
-                f"{self.max_norm_ratio:g} x round median {median:.4g}"
-            ),
-        )
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Example-weighted average of the valid replies' shared tensors (fp32)."""
         kept, report = self._screen(replies, train=True)
-        kept, inflated = self._claim_outliers(kept, train=True)
+        kept, inflated = self.rules.claim_outliers(kept, train=True)
         self._drop(report, inflated)
-        kept, outliers = self._norm_outliers(kept)
+        kept, outliers = self.rules.norm_outliers(kept, self.sent)
         self._drop(report, outliers)
         self.train_report = report
         if not kept:
@@ -339,7 +255,7 @@ class SharedPromptFedAvg(FedAvg):
         return self._aggregate_evaluation(*self._screen(replies, train=False, view=evaluation))
 
     def _aggregate_evaluation(self, kept: list, report: RoundReport) -> MetricRecord | None:
-        kept, inflated = self._claim_outliers(kept, train=False)
+        kept, inflated = self.rules.claim_outliers(kept, train=False)
         self._drop(report, inflated)
         self.eval_report = report
         if not kept:
@@ -362,28 +278,6 @@ class SharedPromptFedAvg(FedAvg):
         return MetricRecord(out)
 
 
-def _lower_median(values: list[float]) -> float:
-    """The lower median (an actual client's value, so one outlier cannot move it halfway)."""
-    return float(torch.tensor(values, dtype=torch.float64).median())
-
-
-def _split_above(
-    kept: list,
-    values: list[float],
-    bound: float,
-    reason: Callable[[float], str],
-    exempt: Callable[[Any], bool] = lambda item: False,
-) -> tuple[list, list[tuple[Message, str]]]:
-    """(kept items with value <= bound or exempt, [(message, reason)] for the others)."""
-    good, bad = [], []
-    for item, value in zip(kept, values, strict=True):
-        if value > bound and not exempt(item):
-            bad.append((item[0], reason(value)))
-        else:
-            good.append(item)
-    return good, bad
-
-
 def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
     """A reply's ``time-*`` seconds as ``<phase>_<name>_s`` and its ``at-*`` wall-clock marks
     as ``<phase>_at_<name>`` (bench.simulation and bench.deploy_overhead split rounds)."""
@@ -396,12 +290,6 @@ def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
         elif k.startswith("at-"):
             out[f"{phase}_at_{k[3:]}"] = float(v)
     return out
-
-
-def _no_examples(metrics: Mapping[str, Any], key: str, value: Any) -> bool:
-    """NaN is the honest accuracy of a model evaluated on nothing (e.g. ``local``'s global one)."""
-    count = metrics.get(key.replace("accuracy", "num-examples"))
-    return isinstance(value, float) and math.isnan(value) and count == 0
 
 
 def expected_examples(core: Any) -> dict[str, dict[int, int]]:
