@@ -6,6 +6,7 @@ import json
 import pytest
 
 from bench.client_start import main, markdown
+from bench.render import render
 
 
 @pytest.mark.slow  # three fresh Python processes importing torch and transformers
@@ -30,3 +31,6 @@ def test_client_start_tiny(tmp_path):
     assert len(top) == 10 and top[0]["module"] == "client_app.app"
     table = markdown(saved)
     assert "| tiny |" in table and "eager / lean" in table
+    text = "<!-- bench:client_start -->\nold\n<!-- /bench:client_start -->\n"
+    new, done = render(text, tmp_path)
+    assert done == ["client_start"] and "| tiny |" in new and "\nold\n" not in new
