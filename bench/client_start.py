@@ -44,13 +44,22 @@ BEFORE_REF = "c4195f2"
 HEAVY = ("timm", "ot", "matplotlib", "datasets", "flwr_datasets", "torchvision", "PIL",
          "sklearn", "scipy", "pandas")  # fmt: skip
 
-# One fresh process: import the ClientApp, then load the backbone lean or eager.
+# One fresh process: import the ClientApp, then load the backbone lean or eager. Peak RSS is
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over a fork + exec, so a child of a
+# parent that built the 600 MB ViT-B/16 would report the parent's peak.
 LOAD_CODE = textwrap.dedent(
     """
-    import json, resource, sys, time
+    def peak_rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import json, sys, time
     t0 = time.perf_counter()
     import client_app.app
     t1 = time.perf_counter()
+    rss_imports = peak_rss_mb()
     from task.backbone import load_backbone
     from task.config import ModelConfig
     t2 = time.perf_counter()
@@ -58,7 +67,7 @@ LOAD_CODE = textwrap.dedent(
                              lazy_vision=sys.argv[2] == "lean")
     t3 = time.perf_counter()
     print(json.dumps({"imports_s": t1 - t0, "load_s": t3 - t2,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_mb": peak_rss_mb(), "rss_imports_mb": rss_imports,
                       "timm": "timm" in sys.modules, "vision_built": backbone.vision_loaded,
                       "client_app": client_app.app.__file__}))
     """
@@ -125,6 +134,7 @@ def model_start(model_dir: Path, repeats: int, warmups: int = 1) -> dict[str, An
         row[mode] = {
             "imports_s": _median(rs, "imports_s"), "load_s": _median(rs, "load_s"),
             "process_s": _median(rs, "process_s"), "rss_mb": round(max(r["rss_mb"] for r in rs)),
+            "rss_imports_mb": round(max(r["rss_imports_mb"] for r in rs)),
             "timm": any(r["timm"] for r in rs), "vision_built": any(r["vision_built"] for r in rs),
             "all_load_s": [round(r["load_s"], 3) for r in rs],
         }  # fmt: skip
@@ -292,7 +302,7 @@ def markdown(doc: dict[str, Any]) -> str:
     """Per model: imports, lean vs eager load, peak RSS, timm; then imports before vs after."""
     out = [
         "| model | import client_app.app (s) | lean load (s) | eager load (s) | eager / lean | "
-        "peak RSS lean / eager (MB) | timm imported lean / eager |",
+        "peak RSS imports / lean / eager (MB) | timm imported lean / eager |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in doc["rows"]:
@@ -300,7 +310,7 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(
             f"| {r['model']} | {r['imports_s']:.2f} | {lean['load_s']:.2f} | "
             f"{eager['load_s']:.2f} | {r['eager_over_lean']:.1f}x | "
-            f"{lean['rss_mb']:.0f} / {eager['rss_mb']:.0f} | "
+            f"{lean['rss_imports_mb']:.0f} / {lean['rss_mb']:.0f} / {eager['rss_mb']:.0f} | "
             f"{_yes(lean['timm'])} / {_yes(eager['timm'])} |"
         )
     imports = doc["imports"]
