@@ -2,12 +2,14 @@
 
 Each part is its own module (and process, so one part's threads and memory do not colour the
 next), writes ``bench/results/<part>.json`` and prints its table; ``bench.render`` then rewrites
-the generated blocks of docs/performance.md. Parts (default: all; about 50 minutes on 2 cores):
+the generated blocks of docs/performance.md. Parts (default: all; about an hour on 2 cores):
 
 * ``local_step``  one local step: fast vs naive vs FLOP floor, OT on/off (bench.local_step)
 * ``bytes``       serialised message sizes vs the shared payload, fp32/fp16 (bench.message_bytes)
 * ``simulation``  whole `flwr run` simulations: split, memory, scaling (bench.simulation)
 * ``deploy``      Deployment Engine vs simulation per-round time (bench.deploy_overhead)
+* ``client_start`` a fresh ClientApp process: lean vs eager model load, imports before vs
+  after the lean start (bench.client_start)
 
     python -m bench                                  # everything
     python -m bench --parts bytes,deploy             # some parts
@@ -26,6 +28,7 @@ PARTS = {
     "bytes": ["bench.message_bytes"],
     "simulation": ["bench.simulation", "--suite", "all"],
     "deploy": ["bench.deploy_overhead", "--nodes", "3", "--rounds", "4"],
+    "client_start": ["bench.client_start"],
 }
 
 

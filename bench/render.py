@@ -45,11 +45,18 @@ def _deploy(doc: dict[str, Any]) -> str:
     return markdown(doc)
 
 
+def _client_start(doc: dict[str, Any]) -> str:
+    from bench.client_start import markdown
+
+    return markdown(doc)
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "local_step": ("local_step.json", _local_step),
     "message_bytes": ("message_bytes.json", _bytes),
     "simulation": ("simulation.json", _simulation),
     "deploy_overhead": ("deploy_overhead.json", _deploy),
+    "client_start": ("client_start.json", _client_start),
 }
 
 
