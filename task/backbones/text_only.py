@@ -12,6 +12,8 @@ a text model built from ``config.text_config``; the features are those of the fu
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 from pathlib import Path
 
@@ -49,6 +51,16 @@ def read_subset(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, torch
     return out
 
 
+def _skip_init() -> contextlib.AbstractContextManager:
+    """transformers' ``no_init_weights`` (allocate, do not initialise), where it exists."""
+    for module in ("transformers.initialization", "transformers.modeling_utils"):
+        try:
+            return importlib.import_module(module).no_init_weights()
+        except (ImportError, AttributeError):
+            continue
+    return contextlib.nullcontext()
+
+
 class TextSide(nn.Module):
     """What the text path needs of a dual encoder (the vision tower is not built)."""
 
@@ -71,13 +83,14 @@ def load_text_side(source: Path, config: object, dtype: torch.dtype) -> TextSide
         raise FileNotFoundError(f"no safetensors weights in {source}")
     tensors = read_subset(files, TEXT_PREFIXES)
     class_name = TEXT_MODEL_CLASSES.get(config.text_config.model_type)
-    if class_name is not None:
-        text_model = getattr(transformers, class_name)(config.text_config)
-    else:
-        text_model = transformers.AutoModel.from_config(config.text_config)
+    with _skip_init():  # every weight is loaded below (checked): random init is wasted time
+        if class_name is not None:
+            text_model = getattr(transformers, class_name)(config.text_config)
+        else:
+            text_model = transformers.AutoModel.from_config(config.text_config)
     prefix = "text_model."
     state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    missing, unexpected = text_model.load_state_dict(state, strict=False)
+    missing, unexpected = text_model.load_state_dict(state, strict=False, assign=True)
     buffers = {name for name, _ in text_model.named_buffers()}
     if unexpected or set(missing) - buffers:
         raise UnsupportedModelError(
