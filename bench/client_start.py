@@ -6,7 +6,9 @@ safetensors model and builds the vision tower on first use, so a client with cac
 never builds it nor imports timm; ``load_backbone(cfg, lazy_vision=False)`` (eager) loads the
 whole model, as every start did before the lean start. Per model, in fresh processes side by
 side (lean and eager alternating, one warm-up each, median of ``--repeats``): the seconds of
-``import client_app.app``, of the load, the process's peak RSS and whether timm got imported.
+``import client_app.app``, of the load, of the load plus the first text forward (zero-shot
+features: every text weight read, also where the eager load left the file memory-mapped), the
+process's peak RSS and whether timm got imported.
 Then ``python -c "import client_app.app"`` in a worktree of ``--before`` (default c4195f2, the
 commit before the lean start) vs this tree, the heavy modules each leaves loaded, and the top
 modules of ``python -X importtime`` here::
@@ -66,7 +68,12 @@ LOAD_CODE = textwrap.dedent(
     backbone = load_backbone(ModelConfig(name=sys.argv[1], device="cpu"),
                              lazy_vision=sys.argv[2] == "lean")
     t3 = time.perf_counter()
-    print(json.dumps({"imports_s": t1 - t0, "load_s": t3 - t2,
+    from task.zeroshot import zeroshot_features
+    from testkit.images import TINY_CLASSES
+    zeroshot_features(backbone, TINY_CLASSES)  # reads every text weight (mmapped pages too)
+    t4 = time.perf_counter()
+    print(json.dumps({"imports_s": t1 - t0, "load_s": t3 - t2, "first_text_s": t4 - t3,
+                      "load_text_s": t4 - t2,
                       "rss_mb": peak_rss_mb(), "rss_imports_mb": rss_imports,
                       "timm": "timm" in sys.modules, "vision_built": backbone.vision_loaded,
                       "client_app": client_app.app.__file__}))
@@ -133,6 +140,8 @@ def model_start(model_dir: Path, repeats: int, warmups: int = 1) -> dict[str, An
     for mode, rs in runs.items():
         row[mode] = {
             "imports_s": _median(rs, "imports_s"), "load_s": _median(rs, "load_s"),
+            "first_text_s": _median(rs, "first_text_s"),
+            "load_text_s": _median(rs, "load_text_s"),
             "process_s": _median(rs, "process_s"), "rss_mb": round(max(r["rss_mb"] for r in rs)),
             "rss_imports_mb": round(max(r["rss_imports_mb"] for r in rs)),
             "timm": any(r["timm"] for r in rs), "vision_built": any(r["vision_built"] for r in rs),
@@ -140,6 +149,9 @@ def model_start(model_dir: Path, repeats: int, warmups: int = 1) -> dict[str, An
         }  # fmt: skip
     row["imports_s"] = _median(runs["lean"] + runs["eager"], "imports_s")
     row["eager_over_lean"] = round(row["eager"]["load_s"] / max(row["lean"]["load_s"], 1e-9), 2)
+    row["eager_over_lean_with_text"] = round(
+        row["eager"]["load_text_s"] / max(row["lean"]["load_text_s"], 1e-9), 2
+    )
     return row
 
 
@@ -302,14 +314,17 @@ def markdown(doc: dict[str, Any]) -> str:
     """Per model: imports, lean vs eager load, peak RSS, timm; then imports before vs after."""
     out = [
         "| model | import client_app.app (s) | lean load (s) | eager load (s) | eager / lean | "
+        "load + first text forward, lean / eager (s) | eager / lean | "
         "peak RSS imports / lean / eager (MB) | timm imported lean / eager |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in doc["rows"]:
         lean, eager = r["lean"], r["eager"]
         out.append(
             f"| {r['model']} | {r['imports_s']:.2f} | {lean['load_s']:.2f} | "
             f"{eager['load_s']:.2f} | {r['eager_over_lean']:.1f}x | "
+            f"{lean['load_text_s']:.2f} / {eager['load_text_s']:.2f} | "
+            f"{r['eager_over_lean_with_text']:.1f}x | "
             f"{lean['rss_imports_mb']:.0f} / {lean['rss_mb']:.0f} / {eager['rss_mb']:.0f} | "
             f"{_yes(lean['timm'])} / {_yes(eager['timm'])} |"
         )
