@@ -109,11 +109,13 @@ def _step(learner, method, loss_cfg, inputs: StepInputs, optimizer, naive: bool)
     return obj.parts["loss"], phases
 
 
-def step_learner(method_spec: str, inputs: StepInputs, naive: bool, buckets: bool = True):
+def step_learner(method_spec: str, inputs: StepInputs, naive: bool, buckets: bool | None = None):
+    """A fresh learner and optimiser; ``buckets`` None keeps the learner's default grouping."""
     method, loss_cfg = method_and_loss(method_spec)
     learner = build_learner(method, inputs.backbone, inputs.class_names, PromptConfig())
     learner.full_length = naive
-    learner.bucket_by_length = buckets
+    if buckets is not None:
+        learner.bucket_by_length = buckets
     optimizer = make_optimizer(list(learner.parameters()), TrainConfig())
     return method, loss_cfg, learner, optimizer
 
@@ -124,7 +126,7 @@ def time_step(
     naive: bool,
     repeats: int,
     gemm_shape=None,
-    buckets: bool = True,
+    buckets: bool | None = None,
 ) -> dict[str, Any]:
     """Median seconds of one step after one warm-up step (fresh learner, seed 0).
 

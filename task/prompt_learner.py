@@ -79,8 +79,10 @@ class PromptLearner(nn.Module):
         self._frozen = (backbone.text,)
         self.full_length = False  # True: pad every prompt to max_positions (the naive reference)
         # True: one text-tower call per prompt length, so short class names do not pay for the
-        # longest (exact where cutting is: causal or masked attention; see encode_contexts).
-        self.bucket_by_length = True
+        # longest (exact where cutting is: causal or masked attention; see encode_contexts). Off
+        # by default: on CPU the extra small tower calls cost more than the padding they save
+        # (UC Merced's names: 8.6 tokens mean, 10 max; bench.local_step's "length buckets").
+        self.bucket_by_length = False
         tok = backbone.tokenizer
         tower = backbone.text
         embedding = tower.token_embedding

@@ -10,8 +10,8 @@ ROW_KEYS = (
     "fast_s", "naive_s", "speedup_vs_naive", "floor_s", "fast_over_floor", "gemm_gflops",
     "floor_rule_of_thumb_s", "fast_over_floor_rule_of_thumb", "prompt_tokens",
     "truncation_abs_diff", "text_feature_max_abs_diff", "fp16_cache_abs_diff",
-    "fast_vs_naive_abs_diff", "step_loss_abs_diff", "fast_phases_s", "no_buckets_s",
-    "buckets_speedup", "prompt_tokens_mean",
+    "fast_vs_naive_abs_diff", "step_loss_abs_diff", "fast_phases_s", "buckets_s",
+    "buckets_over_fast", "prompt_tokens_mean",
 )  # fmt: skip
 
 
