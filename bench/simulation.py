@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 UCM = SHARED / "data" / "ucmerced"
 AID = SHARED / "data" / "aid"
-STANDIN = SHARED / "models" / "rs-tinyclip-aid"
+STANDIN = SHARED / "models" / "rs-lit-b0-minilm"  # conf/config.yaml's model.name
 
 
 # -- one case --------------------------------------------------------------------------------
@@ -100,8 +100,10 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
         raise RuntimeError(f"case {case.name} failed (exit {rc}); log {log_path}:\n{tail}")
     rows = [json.loads(line) for line in metrics_files[0].read_text().splitlines()]
     out = summarise_rows(rows, wall, case.actors())
+    config = json.loads((metrics_files[0].parent / "config.json").read_text())
     out.update(
         case=case.name,
+        model=Path(config["model.name"]).name,
         overrides=case.overrides,
         client_cpus=case.client_cpus,
         actors=case.actors(),
@@ -225,7 +227,7 @@ def suite(name: str, ns: argparse.Namespace, data_dir: Path) -> list[Case]:
 def markdown(results: list[dict[str, Any]]) -> str:
     """One line per case: wall time and its split, memory, cache size, accuracy."""
     head = (
-        "| case | clients x rounds | actors | wall (s) | setup (s) | round 1 (s) "
+        "| case | model | clients x rounds | actors | wall (s) | setup (s) | round 1 (s) "
         "| later round, median (s) | later round, client process CPU (s) "
         "| features / train / eval (client wall-s) "
         "| overhead (s, share) | peak PSS: ClientApp / all (MB) | cache (MB) | final pers. acc |"
@@ -236,7 +238,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
         mem = r["memory_mb"]
         acc = r["final_personalised_accuracy"]
         lines.append(
-            f"| {r['case']} | {r['clients']} x {r['rounds']} | {r['actors']} | {r['wall_s']} | "
+            f"| {r['case']} | {r.get('model', 'rs-tinyclip-aid')} | {r['clients']} x {r['rounds']} "
+            f"| {r['actors']} | {r['wall_s']} | "
             f"{r['setup_s']} | {r['round1_s']} | {r['round_median_after_first_s']} | "
             f"{r.get('client_process_cpu_median_later_round_s', '-')} | "
             f"{cpu['features']} / {cpu['train']} / {cpu['evaluate']} | {r['overhead_s']} "
