@@ -14,12 +14,11 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoTokenizer,
     PreTrainedModel,
@@ -31,6 +30,9 @@ from task.backbones.optional_imports import has_timm_tower, timm_for_transformer
 from task.backbones.text_only import load_text_side, text_tower, weight_files
 from task.config import ConfigError, ModelConfig
 from task.hashing import file_sha256_memo
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Backbone:
     def __init__(
         self,
         tokenizer: object,
-        image_processor: object,
+        image_processor: object | None,
         device: torch.device,
         dtype: torch.dtype,
         identity: str,
@@ -67,9 +69,16 @@ class Backbone:
         model: PreTrainedModel | None = None,
         vision: VisionTower | None = None,
         load_model: Callable[[], PreTrainedModel] | None = None,
+        load_processor: Callable[[], object] | None = None,
+        preprocessing_config: dict | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self.image_processor = image_processor
+        self._image_processor = image_processor
+        self._load_processor = load_processor
+        # The image processor's config as stored (preprocessor_config.json): keys the feature
+        # cache without building the processor (importing transformers' image processing
+        # costs ~2 s per process, and a client with cached features never preprocesses).
+        self._preprocessing_config = preprocessing_config
         self.device = device
         self.dtype = dtype
         self.identity = identity  # content hash of weights + config: keys the feature cache
@@ -89,14 +98,26 @@ class Backbone:
         device: torch.device,
         dtype: torch.dtype,
         identity: str,
+        preprocessing_config: dict | None = None,
+        load_processor: Callable[[], object] | None = None,
     ) -> Backbone:
         """A backbone around an already loaded (frozen) model."""
         towers = towers_for(model, tokenizer)
         scale = float(model.logit_scale.detach().exp().item())
         return cls(
             tokenizer, image_processor, device, dtype, identity, towers.family, towers.text,
-            scale, model=model, vision=towers.vision,
+            scale, model=model, vision=towers.vision, load_processor=load_processor,
+            preprocessing_config=preprocessing_config,
         )  # fmt: skip
+
+    @property
+    def image_processor(self) -> object:
+        """The model's image processor (built on first access when loaded from a directory)."""
+        if self._image_processor is None:
+            if self._load_processor is None:
+                raise RuntimeError("this backbone has no image processor")
+            self._image_processor = self._load_processor()
+        return self._image_processor
 
     @property
     def model(self) -> PreTrainedModel:
@@ -135,8 +156,13 @@ class Backbone:
 
     @property
     def preprocessing_id(self) -> str:
-        """A stable description of the image preprocessing (part of the feature-cache key)."""
-        return json.dumps(self.image_processor.to_dict(), sort_keys=True, default=str)
+        """A stable description of the image preprocessing (part of the feature-cache key): the
+        stored preprocessor config where the model came from a directory, else the processor's
+        own ``to_dict``."""
+        config = self._preprocessing_config
+        if config is None:
+            config = self.image_processor.to_dict()
+        return json.dumps(config, sort_keys=True, default=str)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Backbone's own image processor -> pixel tensor on the backbone's device and dtype."""
@@ -183,10 +209,20 @@ def load_backbone(cfg: ModelConfig, lazy_vision: bool = True) -> Backbone:
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError("model.dtype='float16' needs CUDA; use 'float32' or 'bfloat16' on CPU")
     source = _resolve_source(cfg.name)
+    preprocessing = stored_preprocessing(Path(source))
+
+    def load_processor() -> object:
+        from transformers import AutoImageProcessor  # ~2 s of imports: only when needed
+
+        try:
+            return AutoImageProcessor.from_pretrained(source)
+        except OSError as err:
+            raise BackboneNotFoundError(_not_found_message(cfg.name, err)) from err
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        image_processor = AutoImageProcessor.from_pretrained(source)
         config = AutoConfig.from_pretrained(source)
+        image_processor = None if preprocessing is not None else load_processor()
     except OSError as err:
         raise BackboneNotFoundError(_not_found_message(cfg.name, err)) from err
     except ValueError as err:  # transformers: unknown model type
@@ -214,9 +250,27 @@ def load_backbone(cfg: ModelConfig, lazy_vision: bool = True) -> Backbone:
         scale = float(side.logit_scale.exp().item())
         return Backbone(
             tokenizer, image_processor, device, dtype, identity, family, text, scale,
-            load_model=load_model,
+            load_model=load_model, load_processor=load_processor,
+            preprocessing_config=preprocessing,
         )  # fmt: skip
-    return Backbone.from_model(load_model(), tokenizer, image_processor, device, dtype, identity)
+    return Backbone.from_model(
+        load_model(), tokenizer, image_processor, device, dtype, identity, preprocessing,
+        load_processor,
+    )  # fmt: skip
+
+
+def stored_preprocessing(path: Path) -> dict | None:
+    """The image processor's config as saved in a model directory: preprocessor_config.json,
+    or the ``image_processor`` entry of processor_config.json (newer transformers); None for a
+    hub id or where neither is there."""
+    single = path / "preprocessor_config.json"
+    if single.is_file():
+        return json.loads(single.read_text())
+    joint = path / "processor_config.json"
+    if joint.is_file():
+        entry = json.loads(joint.read_text()).get("image_processor")
+        return entry if isinstance(entry, dict) else None
+    return None
 
 
 def _unsupported(name: str, model_type: str) -> str:

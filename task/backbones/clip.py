@@ -11,12 +11,16 @@ influence it: sequences can be cut to the longest real prompt with no change in 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import CLIPModel
 from transformers.masking_utils import create_causal_mask
 
 from task.backbones.base import TextTower, Towers, VisionTower
+
+if TYPE_CHECKING:  # annotations only: importing the modeling module costs seconds
+    from transformers import CLIPModel
 
 
 class ClipTextTower(TextTower):

@@ -10,8 +10,9 @@ pooler (``BertModel``, RoBERTa-like) or ``CLIPTextModel`` (causal, end token).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from transformers import VisionTextDualEncoderModel
 
 from task.backbones.base import TextTower, Towers, UnsupportedModelError, VisionTower
 from task.backbones.bert import BertTextTower
@@ -24,6 +25,9 @@ VISION_TOWERS = {
     "ViTModel": VitVisionTower,
     "TimmWrapperModel": TimmVisionTower,
 }
+
+if TYPE_CHECKING:  # annotations only: importing the modeling module costs seconds
+    from transformers import VisionTextDualEncoderModel
 
 
 def dual_encoder_towers(model: VisionTextDualEncoderModel, tokenizer: object) -> Towers:

@@ -18,11 +18,15 @@ changes neither a softmax over classes nor an argmax; only ``logit_scale`` is us
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import SiglipModel
 
 from task.backbones.base import TextTower, Towers, UnsupportedModelError, VisionTower
+
+if TYPE_CHECKING:  # annotations only: importing the modeling module costs seconds
+    from transformers import SiglipModel
 
 
 class SiglipTextTower(TextTower):

@@ -78,7 +78,10 @@ def test_a_text_only_process_imports_no_timm(tiny_dual_encoder_dir):
         from task.zeroshot import zeroshot_features
         b = load_backbone(ModelConfig(name={str(tiny_dual_encoder_dir)!r}, device="cpu"))
         zeroshot_features(b, ["river", "beach"])
+        assert b.preprocessing_id  # part of the feature-cache key
         assert "timm" not in sys.modules, "timm was imported"
+        # nor transformers' image processing (~2 s): the cache key reads the stored config
+        assert "transformers.image_processing_utils" not in sys.modules
         b.encode_images(__import__("torch").randn(1, 3, 64, 64), False)
         assert "timm" in sys.modules
         print("ok")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -50,8 +52,11 @@ def test_no_stale_hits_for_other_model_preprocessing_or_files(
     key = cache.key(tiny_backbone, records)
     other_model = load_backbone(ModelConfig(name=str(save_tiny_clip(tmp_path / "m", seed=5))))
     assert cache.key(other_model, records) != key
-    other_pre = load_backbone(ModelConfig(name=str(save_tiny_clip(tmp_path / "p", seed=0))))
-    other_pre.image_processor.image_mean = [0.5, 0.5, 0.5]
+    pre_dir = save_tiny_clip(tmp_path / "p", seed=0)  # same weights, other preprocessing
+    stored = pre_dir / "preprocessor_config.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "image_mean": [0.5] * 3}))
+    other_pre = load_backbone(ModelConfig(name=str(pre_dir)))
+    assert list(other_pre.image_processor.image_mean) == [0.5, 0.5, 0.5]
     assert other_pre.identity == tiny_backbone.identity
     assert cache.key(other_pre, records) != key
     assert cache.key(tiny_backbone, records[:-1]) != key
