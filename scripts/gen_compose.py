@@ -83,6 +83,15 @@ def _serverapp_cmd(tls: bool) -> list[str]:
     return ["--runtime-api-address", LINK, *tail]
 
 
+# Offline hub; the SuperExec looks for a new message every 0.1 s (Flower's default: 1 s, paid by
+# every message of every round; docs/performance.md section 4).
+EXEC_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+}
+
+
 def base(n: int) -> dict[str, Any]:
     services: dict[str, Any] = {
         "superlink": {
@@ -103,7 +112,7 @@ def base(n: int) -> dict[str, Any]:
                 },
             },
             "command": _serverapp_cmd(False),
-            "environment": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+            "environment": dict(EXEC_ENV),
             "working_dir": "/data/server",
             "volumes": [
                 "${MODEL_DIR:-./models/clip}:/models/clip:ro",
@@ -124,7 +133,7 @@ def base(n: int) -> dict[str, Any]:
         services[f"superexec-clientapp-{i}"] = {
             "image": APP_IMAGE,
             "command": ["--insecure", "--runtime-api-address", f"supernode-{i}:9094"],
-            "environment": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+            "environment": dict(EXEC_ENV),
             "working_dir": NODE_ROOT,
             "volumes": [
                 f"${{NODE_{i}_DATA_ROOT:-./data/node-{i}/images}}:{NODE_IMAGES}:ro",

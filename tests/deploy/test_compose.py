@@ -97,6 +97,15 @@ def test_checked_in_files_match_generator_and_env() -> None:
     assert len(set(roots)) == N, "docker/.env: every node needs its own image folder"
 
 
+def test_every_superexec_polls_for_messages_quickly() -> None:
+    """Each message waits for the SuperExec's poll (Flower's default: 1 s); 0.1 s everywhere."""
+    services = _load("compose.yml")["services"]
+    execs = [name for name in services if name.startswith("superexec-")]
+    assert len(execs) == N + 1
+    for name in execs:
+        assert services[name]["environment"]["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+
+
 @pytest.mark.parametrize("name", ["compose.yml", *OVERLAYS])
 def test_each_file_matches_compose_schema(name: str) -> None:
     schema = json.loads((Path(__file__).parent / "compose_spec.json").read_text())
