@@ -25,19 +25,13 @@ import gen_compose as gen  # noqa: E402
 from compose_engine import Engine, run  # noqa: E402
 from compose_images import REPO  # noqa: E402
 
-# The loopback deployment test's settings: quick on 2 CPU cores with the tiny CLIP.
+if str(REPO) not in sys.path:  # testkit, beside scripts/
+    sys.path.insert(0, str(REPO))
+from testkit.run_config import TINY_SETTINGS  # noqa: E402
+
+# The tests' tiny-CLIP settings (testkit), evaluated once, after the last round.
 TINY_RUN_CONFIG: dict[str, Any] = {
-    "model.device": "cpu",
-    "method.name": "fedrsclip",
-    "loss.ot-iters": 20,
-    "train.epochs": 1,
-    "train.batch-size": 8,
-    "train.lr": 0.01,
-    "data.partitioner": "dirichlet",
-    "data.alpha": 0.3,
-    "data.min-client-size": 6,
-    "data.test-fraction": 0.25,
-    "server.num-rounds": 2,
+    **TINY_SETTINGS,
     "server.eval-every": 2,
     "server.timeout": 240.0,
     "run.name": "compose-tiny",
@@ -110,7 +104,6 @@ def make_readable(root: Path) -> None:
 
 def tiny_inputs(workdir: Path) -> tuple[Path, Path]:
     """A tiny random CLIP and synthetic images (the unit tests' fixtures) in ``workdir``."""
-    sys.path.insert(0, str(REPO))
     from testkit.images import TINY_CLASSES, write_synthetic_images
     from testkit.models import save_tiny_clip
 
