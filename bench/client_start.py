@@ -62,13 +62,13 @@ LOAD_CODE = textwrap.dedent(
     import client_app.app
     t1 = time.perf_counter()
     rss_imports = peak_rss_mb()
-    from task.backbone import load_backbone
+    from task.model.backbone import load_backbone
     from task.config import ModelConfig
     t2 = time.perf_counter()
     backbone = load_backbone(ModelConfig(name=sys.argv[1], device="cpu"),
                              lazy_vision=sys.argv[2] == "lean")
     t3 = time.perf_counter()
-    from task.zeroshot import zeroshot_features
+    from task.model.zeroshot import zeroshot_features
     from testkit.images import TINY_CLASSES
     zeroshot_features(backbone, TINY_CLASSES)  # reads every text weight (mmapped pages too)
     t4 = time.perf_counter()

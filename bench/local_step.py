@@ -4,9 +4,9 @@ Run: ``python -m bench.local_step`` (or ``python -m bench``); writes
 bench/results/local_step.json (``--out``) and prints a markdown table. docs/performance.md holds
 the numbers of a run and how to read them.
 
-* fast path: cached frozen image features (global fp32 + patches fp16, as task.features stores
+* fast path: cached frozen image features (global fp32 + patches fp16, as task.local.features stores
   them), prompts cut to the longest real prompt (``learner.full_length = False``), the method's
-  ``task.losses.objective``, backward, optimiser step;
+  ``Method.objective``, backward, optimiser step;
 * naive path: the image encoder on the pixel batch every step and prompts padded to the text
   tower's full length (``learner.full_length = True``: 77 tokens for CLIP, 512 for the stand-in's
   BERT), with the same method, prompts, objective and optimiser;
@@ -55,8 +55,8 @@ from bench.step import (
     text_flops,
     time_step,
 )
-from task.backbone import Backbone, load_backbone
 from task.config import ModelConfig
+from task.model.backbone import Backbone, load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN = SHARED / "models" / "rs-lit-b0-minilm"

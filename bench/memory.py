@@ -70,7 +70,7 @@ class MemorySampler:
         if "ClientAppActor" in cmd or "ray::" in cmd and "Actor" in cmd:
             return "clientapp-actor"
         for name in ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet",
-                     "gcs_server", "server_app.launch", "flwr run", "ray"):  # fmt: skip
+                     "gcs_server", "launcher.cli", "flwr run", "ray"):  # fmt: skip
             if name in cmd:
                 return name
         return "other"

@@ -8,7 +8,7 @@ per round; the feature cache's size on disk; and how the cost grows with clients
     python -m bench.simulation --suite actors        # 1 vs 2 Ray actors, side by side
     python -m bench.simulation --suite all           # everything (~35 min on 2 cores)
 
-Each case is one `python -m server_app.launch ...` call (the user's command) against a SuperLink
+Each case is one `python -m launcher ...` call (the user's command) against a SuperLink
 private to the case (own FLWR_HOME and ports), stopped afterwards. Split of a run (all from the
 run's own metrics.jsonl, where every client reply carries ``time-total`` / ``time-features``):
 
@@ -69,7 +69,7 @@ def run_case(case: Case, work: Path, cache_dir: Path, timeout: float) -> dict[st
     runs = work / case.name / "runs"
     env = private_flwr_env(home)
     cmd = [
-        sys.executable, "-m", "server_app.launch", *case.overrides,
+        sys.executable, "-m", "launcher", *case.overrides,
         f"run_config.run.dir={runs}",
         f"run_config.cache.dir={cache_dir}",
         f"run_config.client.private-dir={work / case.name / 'private'}",

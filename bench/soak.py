@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    import task.run_dir as run_dir
+    import task.runs.run_dir as run_dir
     from client_app.app import app as client_app
     from server_app.loop import run_server
     from testkit.grid import InProcessGrid, task_identity

@@ -13,15 +13,14 @@ from typing import Any
 import torch
 
 from bench.machine import gemm_rate
-from task.backbone import Backbone
 from task.config import LossConfig, PromptConfig, TrainConfig
 from task.data.records import load_rgb
-from task.learner import build_learner
-from task.losses import objective, prompt_set
+from task.local.train import make_optimizer
 from task.methods import get_method
-from task.ot import patch_prompt_ot
-from task.prompt_learner import PromptLearner
-from task.train import make_optimizer
+from task.methods.heads import prompt_set
+from task.methods.ot import patch_prompt_ot
+from task.model.backbone import Backbone
+from task.model.prompts import PromptLearner
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the repository
 UCM = SHARED / "data" / "ucmerced"
@@ -49,8 +48,8 @@ class StepInputs:
     pixels: torch.Tensor
     live_global: torch.Tensor  # fp32, what the naive path computes every step
     live_patches: torch.Tensor  # fp32
-    cached_global: torch.Tensor  # fp32, as task.features stores it
-    cached_patches: torch.Tensor  # fp16, as task.features stores it
+    cached_global: torch.Tensor  # fp32, as task.local.features stores it
+    cached_patches: torch.Tensor  # fp16, as task.local.features stores it
     labels: torch.Tensor
 
 
@@ -90,14 +89,14 @@ def _step(learner, method, loss_cfg, inputs: StepInputs, optimizer, naive: bool)
     if naive:
         feats = backbone.encode_images(inputs.pixels, with_patches=True)
         image_global, patches = feats.global_, feats.patches
-    else:  # as task.train.batch_of: cached rows, patches widened to fp32
+    else:  # as task.local.train.batch_of: cached rows, patches widened to fp32
         image_global, patches = inputs.cached_global, inputs.cached_patches.float()
     if not method.needs_patches(loss_cfg):
         patches = None
     marks.append(time.perf_counter())
     prompt = learner(shared=True, personal=True)
     marks.append(time.perf_counter())
-    obj = objective(method, loss_cfg, prompt, image_global, patches, inputs.labels,
+    obj = method.objective(loss_cfg, prompt, image_global, patches, inputs.labels,
                     backbone.logit_scale)  # fmt: skip
     marks.append(time.perf_counter())
     optimizer.zero_grad(set_to_none=True)
@@ -112,7 +111,7 @@ def _step(learner, method, loss_cfg, inputs: StepInputs, optimizer, naive: bool)
 def step_learner(method_spec: str, inputs: StepInputs, naive: bool, buckets: bool | None = None):
     """A fresh learner and optimiser; ``buckets`` None keeps the learner's default grouping."""
     method, loss_cfg = method_and_loss(method_spec)
-    learner = build_learner(method, inputs.backbone, inputs.class_names, PromptConfig())
+    learner = method.build_learner(inputs.backbone, inputs.class_names, PromptConfig())
     learner.full_length = naive
     if buckets is not None:
         learner.bucket_by_length = buckets
@@ -161,7 +160,7 @@ def loss_agreement(method_spec: str, inputs: StepInputs) -> dict[str, float]:
     * fast vs naive: the two full paths (cut + fp16 cache vs 77 tokens + live fp32).
     """
     method, loss_cfg = method_and_loss(method_spec)
-    learner = build_learner(method, inputs.backbone, inputs.class_names, PromptConfig())
+    learner = method.build_learner(inputs.backbone, inputs.class_names, PromptConfig())
     scale = inputs.backbone.logit_scale
     use_patches = method.needs_patches(loss_cfg)
     with torch.no_grad():
@@ -172,7 +171,7 @@ def loss_agreement(method_spec: str, inputs: StepInputs) -> dict[str, float]:
 
         def loss(text, image_global, patches) -> float:
             p = patches.float() if use_patches else None
-            obj = objective(method, loss_cfg, text, image_global, p, inputs.labels, scale)
+            obj = method.objective(loss_cfg, text, image_global, p, inputs.labels, scale)
             return obj.parts["loss"]
 
         cut_fp32 = loss(cut, inputs.live_global, inputs.live_patches)
@@ -197,7 +196,7 @@ def loss_agreement(method_spec: str, inputs: StepInputs) -> dict[str, float]:
 def ot_solver_times(inputs: StepInputs, repeats: int) -> dict[str, float]:
     """Median ms of the head's batched OT (all images x classes, 2 prompts) per solver."""
     method = get_method("fedrsclip")
-    learner = build_learner(method, inputs.backbone, inputs.class_names, PromptConfig())
+    learner = method.build_learner(inputs.backbone, inputs.class_names, PromptConfig())
     with torch.no_grad():
         prompts = prompt_set(learner(shared=True, personal=True), personalised=True)
     patches = inputs.cached_patches.float()

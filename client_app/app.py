@@ -1,6 +1,6 @@
 """Flower ClientApp: private prompt on local disk, shared prompt from/to the server.
 
-Thin adapter over task.client (make_client): decode the message, run the round, reply with
+Thin adapter over task.local.client (make_client): decode the message, run the round, reply with
 the shared tensors and metrics only. For ``method.name=fedavg-full`` the "shared tensors" are the
 whole image encoder + linear head (trained on raw images; nothing private, nothing cached).
 
@@ -49,9 +49,9 @@ from protocol.messages import (  # noqa: E402
     from_record,
     to_record,
 )
-from task.client import ClientEval, FederatedClient, make_client  # noqa: E402
 from task.config import apply_node_config, parse_app_config  # noqa: E402
-from task.private_store import PrivateStore  # noqa: E402
+from task.local.client import ClientEval, FederatedClient, make_client  # noqa: E402
+from task.local.private_store import PrivateStore  # noqa: E402
 
 DATA_ROOT_KEY = "data-root"  # also the node's whole partition with data.partitioner=local
 FAULT_ENV = "FEDRSCLIP_FAULT"

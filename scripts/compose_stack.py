@@ -39,7 +39,7 @@ from compose_project import (  # noqa: E402
     write_env,
 )
 
-from server_app.launch_compose import to_toml  # noqa: E402
+from launcher.compose import to_toml  # noqa: E402
 
 REPO = images.REPO
 FILES = ("compose.yml", "compose.tls.yml", "compose.auth.yml")

@@ -24,7 +24,7 @@ def split_folders(
     ``<workdir>/split/``, and ``<workdir>/run-config.local.toml``: the same config with
     data.partitioner=local, data.class-names and no data.root.
     """
-    from server_app.launch_compose import to_toml
+    from launcher.compose import to_toml
     from task.config import parse_run_config
     from task.data import build_federation, write_manifest
 

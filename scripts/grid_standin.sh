@@ -43,12 +43,12 @@ TUNED=${TUNED:-}
 tune() {  # a validation sweep: tune <split> <overrides...>
   local split=$1
   shift
-  python -m server_app.launch -m federation=ucmerced_10 "split=$split" "${COMMON[@]}" "$VAL" \
+  python -m launcher -m federation=ucmerced_10 "split=$split" "${COMMON[@]}" "$VAL" \
     ++run_config.data.holdout=val "run_config.run.dir=$TUNING_RUNS" "$@"
 }
 test_grid() {  # a test sweep: test_grid <overrides...>
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "${COMMON[@]}" "$VAL" "run_config.run.dir=$RUNS" $TUNED "$@"
+  python -m launcher -m "${COMMON[@]}" "$VAL" "run_config.run.dir=$RUNS" $TUNED "$@"
 }
 report() {
   python -m task.report --runs "$RUNS" --out docs/results.md --plots docs/results
@@ -101,7 +101,7 @@ central)
 fullft)
   # FedAvg of the whole image encoder + linear head on raw images (no feature cache).
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "seed=${SEEDS:-0}" recipe=fullft-standin "rounds=$ROUNDS" \
+  python -m launcher -m "seed=${SEEDS:-0}" recipe=fullft-standin "rounds=$ROUNDS" \
     "$VAL" launch.continue_on_error=true "run_config.run.dir=$RUNS" ${GRID_OVERRIDES:-} \
     federation=ucmerced_10 split=even,dirichlet0.1 method=fedavg-full
   ;;

@@ -57,7 +57,7 @@ tuning_report() {
 
 case "${1:-}" in
 tune)
-  L=(python -m server_app.launch -m federation=ucmerced_10 split=even seed=0 "${COMMON[@]}"
+  L=(python -m launcher -m federation=ucmerced_10 split=even seed=0 "${COMMON[@]}"
      "$VAL" ++run_config.data.holdout=val run_config.run.dir="$PWD/runs-tinyclip-tuning")
   "${L[@]}" method=zeroshot,promptfl,fedrsclip
   "${L[@]}" method=promptfl,fedrsclip ++run_config.train.lr=0.003
@@ -69,7 +69,7 @@ tune)
 tune-baselines)
   # The baselines' own knobs, on validation like fedrsclip's (same protocol as `tune`):
   # fedprox mu, fedpgp rank and contrastive weight, fedotp balanced vs unbalanced OT.
-  L=(python -m server_app.launch -m federation=ucmerced_10 split=even seed=0 "${COMMON[@]}"
+  L=(python -m launcher -m federation=ucmerced_10 split=even seed=0 "${COMMON[@]}"
      "$VAL" ++run_config.data.holdout=val run_config.run.dir="$PWD/runs-tinyclip-tuning")
   "${L[@]}" method=fedprox ++run_config.loss.prox-mu=0.001,0.01,0.1
   "${L[@]}" method=fedpgp ++run_config.prompt.rank=1,2,4
@@ -82,7 +82,7 @@ tune-skew)
   # fedrsclip's personalisation knobs on validation under severe label skew (Dirichlet(0.1)),
   # with `local` as the reference: DPA weight alpha (which pulls the private prompt towards the
   # shared one) and global-CE weight gamma.
-  L=(python -m server_app.launch -m federation=ucmerced_10 split=dirichlet0.1 seed=0
+  L=(python -m launcher -m federation=ucmerced_10 split=dirichlet0.1 seed=0
      "${COMMON[@]}" "$VAL" ++run_config.data.holdout=val run_config.run.dir="$PWD/runs-tinyclip-tuning")
   # shellcheck disable=SC2086
   "${L[@]}" $TUNED method=local,fedrsclip
@@ -94,11 +94,11 @@ tune-skew)
   ;;
 test)
   # shellcheck disable=SC2086  # TUNED holds several overrides
-  L=(python -m server_app.launch -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED)
+  L=(python -m launcher -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED)
   M=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
   "${L[@]}" federation=ucmerced_10 split=even,dirichlet0.1 method=$M
   # Fewer seeds where the CPU budget ran out (SEEDS2=0,1,2 for the full set):
-  S2=(python -m server_app.launch -m "seed=${SEEDS2:-0}" "${COMMON[@]}" "$VAL" $TUNED)
+  S2=(python -m launcher -m "seed=${SEEDS2:-0}" "${COMMON[@]}" "$VAL" $TUNED)
   "${S2[@]}" federation=ucmerced_10 split=even method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
   # Centralised rows: one client holds all the training data.
   "${S2[@]}" federation=ucmerced_1 split=even method=promptfl,fedrsclip
@@ -110,7 +110,7 @@ test-skew)
   # two redrawn Dirichlet partitions of `splits`.
   # The report (--variant-keys loss.alpha) shows it as its own row beside the default ones.
   # shellcheck disable=SC2086
-  L=(python -m server_app.launch -m "${COMMON[@]}" "$VAL" $TUNED ++run_config.loss.alpha=0.1
+  L=(python -m launcher -m "${COMMON[@]}" "$VAL" $TUNED ++run_config.loss.alpha=0.1
      method=fedrsclip)
   "${L[@]}" seed=0,1,2 federation=ucmerced_10 split=even,dirichlet0.1
   "${L[@]}" seed=0 federation=ucmerced_20,ucmerced_40 split=dirichlet0.1,even
@@ -120,7 +120,7 @@ test-skew)
 test20)
   # The 20-client column. SEEDS=0,1,2 for all three seeds (the default, seed 0, ran first).
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_20 split=even,dirichlet0.1 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
   report
@@ -128,7 +128,7 @@ test20)
 test40)
   # The 40-client column (2-3 images per class per client). SEEDS as for test20.
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_40 split=even,dirichlet0.1 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
   report
@@ -136,7 +136,7 @@ test40)
 ablations)
   # The rest of the ablations (and fedprox) on 10 clients: both splits, 3 seeds.
   # shellcheck disable=SC2086
-  python -m server_app.launch -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m seed=0,1,2 "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_10 split=even,dirichlet0.1 \
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
   report
@@ -144,7 +144,7 @@ ablations)
 rest2040)
   # fedprox and the two remaining ablations at 20 and 40 clients, both splits (SEEDS, default 0).
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
     method=fedprox,fedrsclip-noprivate,fedrsclip-nodpa
   report
@@ -153,7 +153,7 @@ splits)
   # Severe label skew on other partitions: Dirichlet(0.1) redrawn with data.seed 1 and 2 (the
   # other stages vary only the training seed on partition 0). Each is its own report column.
   # shellcheck disable=SC2086
-  python -m server_app.launch -m seed=0 "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m seed=0 "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_10 split=dirichlet0.1 ++run_config.data.seed=1,2 \
     method=zeroshot,local,promptfl,fedotp,fedpgp,fedrsclip,fedrsclip-noot
   report
@@ -163,7 +163,7 @@ central)
   # `local` with one client is promptfl without communication, so it is not repeated;
   # zeroshot gives the reference on these test images.
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=ucmerced_1 split=even \
     method=zeroshot,fedprox,fedotp,fedpgp,fedrsclip-noot,fedrsclip-noprivate,fedrsclip-nodpa
   report
@@ -175,14 +175,14 @@ cross)
   # client holds 1,600 training images), so only these methods ran; a fedpgp run was stopped
   # for time and is listed as incomplete.
   # shellcheck disable=SC2086
-  python -m server_app.launch -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
+  python -m launcher -m "seed=${SEEDS:-0}" "${COMMON[@]}" "$VAL" $TUNED \
     federation=cross_ucm_aid split=even method=zeroshot,local,promptfl,fedotp,fedrsclip
   report
   ;;
 fullft)
   # The communication baseline: FedAvg of the whole image encoder + linear head (raw images, no
   # feature cache). One local epoch (~1.1 s per 32-image step on one thread), seed 0.
-  python -m server_app.launch -m seed=0 recipe=fullft-tinyclip "rounds=$ROUNDS" "$VAL" "$MODEL" \
+  python -m launcher -m seed=0 recipe=fullft-tinyclip "rounds=$ROUNDS" "$VAL" "$MODEL" \
     "run_config.run.dir=$PWD/runs-tinyclip" launch.continue_on_error=true \
     federation=ucmerced_10 split=even method=fedavg-full \
     ++run_config.train.epochs=1

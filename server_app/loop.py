@@ -24,19 +24,18 @@ from server_app.phases import RoundTally, evaluate_phase, server_global_eval, tr
 from server_app.strategy import SharedPromptFedAvg, expected_examples
 from task.config import AppConfig, parse_app_config
 from task.data.federation import write_run_manifest
-from task.data_source import data_source
-from task.global_model import initial_shared
+from task.data.source import data_source, get_federation
+from task.local.global_model import initial_shared
 from task.methods import get_method
-from task.preflight import run_preflight
-from task.run_dir import RunDir, summarise, summary_table
-from task.runtime import get_federation
+from task.runs.preflight import run_preflight
+from task.runs.run_dir import RunDir, summarise, summary_table
 
 log = logging.getLogger(__name__)
 
 
 def preflight(cfg: AppConfig) -> None:
-    """task.preflight before anything is written: data root, folder-to-class mapping, images per
-    class, federation (built once, through the cached get_federation), model directory.
+    """task.runs.preflight before anything is written: data root, folder-to-class mapping,
+    images per class, federation (built once, through the cached get_federation), model directory.
 
     With data.partitioner=local the data lives only on the nodes (node config data-root): the
     server lists nothing, and each node checks its own folder when it first gets a message.

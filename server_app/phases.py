@@ -26,9 +26,9 @@ from protocol.messages import (
 )
 from server_app.strategy import SharedPromptFedAvg
 from task.config import AppConfig
-from task.global_model import global_evaluate
-from task.run_dir import RunDir
-from task.runtime import derive_seed
+from task.local.global_model import global_evaluate
+from task.runs.run_dir import RunDir
+from task.seeds import derive_seed
 
 log = logging.getLogger("server_app.loop")
 

@@ -17,7 +17,7 @@ import torch
 from flwr.app import Message, RecordDict
 
 from protocol.messages import ARRAYS, METRICS, from_record
-from task.aggregate import check_shared
+from server_app.aggregate import check_shared
 
 NUM_EXAMPLES = "num-examples"
 

@@ -34,9 +34,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from protocol.messages import EVAL_METRICS, METRICS, content_bytes, from_record
+from server_app.aggregate import weighted_average, weighted_mean
 from server_app.reply_rules import NUM_EXAMPLES, ReplyRules
-from task.aggregate import weighted_average, weighted_mean
-from task.data_source import data_source
+from task.data.source import data_source
 
 log = logging.getLogger(__name__)
 # Errors the SuperLink itself returns (src node = the SuperLink) when no reply can come.
@@ -295,6 +295,6 @@ def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
 def expected_examples(core: Any) -> dict[str, dict[int, int]]:
     """``expected_train_examples`` / ``expected_eval_examples`` for SharedPromptFedAvg: the most
     examples each partition can honestly report (train: max(1, epochs) x its train split, as
-    task.train counts them; evaluate: its test split), when the server can list the federation
+    task.local.train counts them; evaluate: its test split), when the server can list the federation
     (every partitioner but ``local``, whose images live only on the nodes). Empty otherwise."""
     return data_source(core.data).expected_examples(core.train.epochs)

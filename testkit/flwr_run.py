@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from server_app.launch_compose import to_toml  # the launcher's writer: one TOML format
+from launcher.compose import to_toml  # the launcher's writer: one TOML format
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -97,7 +97,7 @@ def save_tiny_dual_encoder(
         VisionTextDualEncoderModel,
     )
 
-    from task.backbones.optional_imports import timm_for_transformers
+    from task.model.families.optional_imports import timm_for_transformers
 
     tok = make_tiny_bert_tokenizer()
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
@@ -122,7 +122,7 @@ def save_tiny_dual_encoder(
 def _reinit_timm_tower(timm_model: torch.nn.Module, seed: int) -> None:
     """timm's own initialisation (transformers' generic one leaves this CNN's output ~1e-14) and
     non-trivial BatchNorm statistics, so that eval-mode BatchNorm is visible in the features."""
-    from task.backbones.optional_imports import import_optional
+    from task.model.families.optional_imports import import_optional
 
     timm = import_optional("timm", "the tiny test tower")
     torch.manual_seed(seed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import CLIPTokenizer
 
 # The GPT-2/CLIP byte-to-unicode table (so any text tokenizes), as the OpenCLIP converter builds it.
-from task.backbones.convert_openclip import byte_symbols
+from task.model.families.convert_openclip import byte_symbols
 
 
 def make_tiny_tokenizer() -> CLIPTokenizer:

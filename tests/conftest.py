@@ -25,8 +25,8 @@ def tiny_dual_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dual_encoder(tiny_dual_encoder_dir: Path):
-    from task.backbone import load_backbone
     from task.config import ModelConfig
+    from task.model.backbone import load_backbone
 
     return load_backbone(ModelConfig(name=str(tiny_dual_encoder_dir), device="cpu"))
 
@@ -38,8 +38,8 @@ def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_siglip(tiny_siglip_dir: Path):
-    from task.backbone import load_backbone
     from task.config import ModelConfig
+    from task.model.backbone import load_backbone
 
     return load_backbone(ModelConfig(name=str(tiny_siglip_dir), device="cpu"))
 
@@ -51,8 +51,8 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_clip_dir: Path):
-    from task.backbone import load_backbone
     from task.config import ModelConfig
+    from task.model.backbone import load_backbone
 
     return load_backbone(ModelConfig(name=str(tiny_clip_dir), device="cpu"))
 

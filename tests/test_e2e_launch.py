@@ -25,7 +25,7 @@ def test_a_failed_flower_run_fails_the_launcher(tmp_path: Path, tiny_clip_dir: P
     cmd = [
         sys.executable,
         "-m",
-        "server_app.launch",
+        "launcher",
         "method=zeroshot",
         "launch.preflight=false",  # let the ServerApp's own preflight fail inside Flower
         f"run_config.model.name={tiny_clip_dir}",

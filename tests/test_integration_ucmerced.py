@@ -63,10 +63,11 @@ def _zeroshot_and_run(cfg: dict) -> tuple[float, dict]:
     from client_app.app import app as client_app
     from server_app.loop import run_server
     from task.config import parse_app_config
-    from task.features import FeatureCache
-    from task.runtime import get_backbone, get_federation
-    from task.train import evaluate
-    from task.zeroshot import zeroshot_features
+    from task.data.source import get_federation
+    from task.local.evaluate import evaluate
+    from task.local.features import FeatureCache
+    from task.model.backbone import get_backbone
+    from task.model.zeroshot import zeroshot_features
     from testkit.grid import InProcessGrid, task_identity
 
     core = parse_app_config(cfg).core

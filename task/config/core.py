@@ -53,6 +53,23 @@ class PromptConfig:
             raise ConfigError(f"prompt.init-std must be > 0, got {self.init_std}")
 
 
+# The methods a run may name, in report order; task.methods registers exactly these (one module
+# each), so this tuple is the only list of them.
+METHOD_NAMES = (
+    "zeroshot",
+    "local",
+    "promptfl",
+    "fedprox",
+    "fedotp",
+    "fedpgp",
+    "fedrsclip",
+    "fedrsclip-noprivate",
+    "fedrsclip-nodpa",
+    "fedrsclip-noot",
+    "fedavg-full",
+)
+
+
 @dataclass
 class MethodConfig:
     """Which registered method trains (see task.methods)."""
@@ -60,11 +77,9 @@ class MethodConfig:
     name: str = key("fedrsclip", "one of the methods listed in [Running](#running)", setup=False)
 
     def validate(self) -> None:
-        from task.methods import METHODS  # a registry without imports of its own
-
-        if self.name not in METHODS:
+        if self.name not in METHOD_NAMES:
             raise ConfigError(
-                f"method.name {self.name!r} is unknown; choose one of {sorted(METHODS)}"
+                f"method.name {self.name!r} is unknown; choose one of {sorted(METHOD_NAMES)}"
             )
 
 

@@ -4,7 +4,7 @@ Usage::
 
     python -m task.report --runs runs --out docs/results.md [--preamble docs/results/preamble.md]
 
-Every run directory written by ``task.run_dir.RunDir`` (``config.json``, ``metrics.jsonl``,
+Every run directory written by ``task.runs.run_dir.RunDir`` (``config.json``, ``metrics.jsonl``,
 ``summary.json``) is read. Runs are grouped into
 
 * a **setup**: backbone + every hyper-parameter that is not the method, the seed, the dataset or

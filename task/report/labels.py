@@ -10,7 +10,7 @@ from typing import Any
 
 from task.config import NON_SETUP_KEYS as CONFIG_NON_SETUP_KEYS
 from task.hashing import file_sha256
-from task.methods import get_method, prompt_numel
+from task.methods import get_method
 from task.report.runs import Run, with_defaults
 
 # Keys that do not define a setup (they vary within a table, or only say where things live):
@@ -127,10 +127,8 @@ def registry_params(run: Run) -> int | None:
         method = get_method(run.method)
     except ValueError:
         return None
-    if method.full_finetune:
-        return None
     settings = run.settings
     width = context_width(str(settings["model.name"]))
     if width is None:
         return None
-    return prompt_numel(method, int(settings["prompt.n-ctx"]), width)
+    return method.params_per_round(int(settings["prompt.n-ctx"]), width)

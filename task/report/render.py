@@ -36,7 +36,7 @@ VALIDATION_NOTE = (
 )
 FEDERATION_NOTE = (
     "*params/round*: shared numbers one client uploads per round "
-    "(`task.methods.prompt_numel`, h × W; — where it needs the model, e.g. "
+    "(`Method.params_per_round`, h × W; — where it needs the model, e.g. "
     "`fedavg-full`). *payload*: measured bytes of the shared tensors in one upload "
     "(`shared_payload_bytes`). *B up/down*: measured size of every message per round "
     "(training and evaluation, with metadata), summed over clients. "

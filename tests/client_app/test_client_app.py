@@ -20,8 +20,8 @@ from flwr.app import (
 
 from client_app.app import app
 from task.config import parse_app_config
-from task.global_model import initial_shared
-from task.private_store import PrivateStore
+from task.local.global_model import initial_shared
+from task.local.private_store import PrivateStore
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from task.private_store import PrivateStore, PrivateStoreError
+from task.local.private_store import PrivateStore, PrivateStoreError
 
 
 def test_roundtrip_versions_and_pruning(tmp_path: Path) -> None:

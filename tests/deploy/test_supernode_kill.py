@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from task.private_store import PrivateStore
+from task.local.private_store import PrivateStore
 from testkit.flwr_run import to_toml
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config

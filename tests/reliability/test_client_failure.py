@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from server_app.phases import RoundFailedError
-from task.private_store import PrivateStore
+from task.local.private_store import PrivateStore
 from tests.reliability.helpers import client_dir, experiment, rows, run, setup_run
 
 

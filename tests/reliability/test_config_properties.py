@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from task.backbone import BackboneNotFoundError
 from task.config import ConfigError, parse_app_config, parse_run_config, to_flat
 from task.data.errors import DataError
 from task.data.partition import partition_indices
+from task.model.backbone import BackboneNotFoundError
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 DEFAULTS = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]

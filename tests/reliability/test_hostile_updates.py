@@ -251,7 +251,7 @@ def test_inflated_evaluate_count_cannot_skew_the_accuracy() -> None:
 
 def test_expected_examples_from_the_federation(tmp_path: Path, tiny_clip_dir: Path) -> None:
     from task.config import parse_app_config
-    from task.runtime import get_federation
+    from task.data.source import get_federation
 
     cfg = setup_run(tmp_path, tiny_clip_dir, **{"train.epochs": 3})
     core = parse_app_config(cfg).core

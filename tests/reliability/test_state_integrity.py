@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file as real_save_file
 
-import task.features as features_mod
-import task.private_store as store_mod
-import task.run_dir as run_dir_mod
-from task.features import CacheCorruptError, FeatureCache, FeatureSet
-from task.private_store import PrivateStore, PrivateStoreError
-from task.run_dir import RunDir
+import task.local.features as features_mod
+import task.local.private_store as store_mod
+import task.runs.run_dir as run_dir_mod
+from task.local.features import CacheCorruptError, FeatureCache, FeatureSet
+from task.local.private_store import PrivateStore, PrivateStoreError
+from task.runs.run_dir import RunDir
 from testkit.images import TINY_CLASSES, write_synthetic_images
 
 

@@ -17,7 +17,7 @@ from task.report import (
     run_stats,
     scaling_series,
 )
-from task.run_dir import RunDir, summarise
+from task.runs.run_dir import RunDir, summarise
 
 MODEL = "openai/clip-vit-base-patch16"  # a hub id: W = 512 without loading anything
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from task.config import ConfigError, parse_app_config
-from task.runtime import derive_seed
+from task.seeds import derive_seed
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

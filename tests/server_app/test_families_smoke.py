@@ -31,7 +31,7 @@ def _check_run(cfg: dict, method: str, width: int) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_round"] == 2 and summary["replies_rejected"] == 0
     spec = METHODS[method]
-    if spec.trains and spec.has_shared and not spec.full_finetune:
+    if spec.trains and spec.has_shared and spec.uses_cached_features:
         shared = load_file(str(run_dir / "checkpoints" / "global-r00002.safetensors"))
         assert shared["shared_ctx"].shape[-1] == width  # prompt width = the text tower's
 

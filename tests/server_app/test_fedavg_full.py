@@ -20,9 +20,9 @@ from client_app.app import app as client_app
 from protocol.messages import from_record, to_record
 from server_app.loop import run_server
 from task.config import parse_app_config
-from task.data_source import run_class_names
-from task.full_finetune import build_full_model
-from task.runtime import get_backbone
+from task.data.source import run_class_names
+from task.methods.fedavg_full import build_full_model
+from task.model.backbone import get_backbone
 from testkit.grid import InProcessGrid, task_identity
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from server_app.launch import CONF_DIR, build_command, flatten, resolve_paths
+from launcher.cli import CONF_DIR, build_command, flatten, resolve_paths
 from task.config import parse_app_config
 from testkit.images import write_synthetic_images
 
@@ -66,7 +66,7 @@ def test_multirun_sweep_dry_run(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "server_app.launch",
+            "launcher",
             "-m",
             "launch.dry_run=true",
             "launch.preflight=false",
@@ -124,7 +124,7 @@ def flwr_calls(tmp_path: Path) -> list[list[str]]:
 
 
 def launch(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "server_app.launch", *args]
+    cmd = [sys.executable, "-m", "launcher", *args]
     cmd += [f"run_config.run.dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     cmd += [f"hydra.run.dir={tmp_path / 'out'}"]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

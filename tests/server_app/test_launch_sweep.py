@@ -11,10 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from server_app import launch as launch_mod
-from server_app.launch import CONF_DIR, app_defaults, composed_flat, launch_job, run_state
+from launcher import cli as launch_mod
+from launcher.cli import CONF_DIR, app_defaults, composed_flat, launch_job, run_state
 from task.config import default_run_name, legacy_run_name, parse_app_config
-from task.run_dir import RunDir, summarise
+from task.runs.run_dir import RunDir, summarise
 from testkit.images import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The ServerApp's preflight before round 1 (task.preflight through server_app.loop.preflight),
+"""The ServerApp's preflight before round 1 (task.runs.preflight through server_app.loop.preflight),
 and folder=words class names end to end in-process: shared and per-node (local) federations."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from client_app.app import app as client_app
 from server_app.loop import run_server
 from task.config import parse_app_config
 from task.data import DataError
-from task.runtime import get_federation
+from task.data.source import get_federation
 from testkit.grid import InProcessGrid, task_identity
 from testkit.images import write_synthetic_images
 from testkit.run_config import tiny_run_config

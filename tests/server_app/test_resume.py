@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from client_app.app import app as client_app
 from server_app.loop import run_server
-from task.run_dir import RunDirError
+from task.runs.run_dir import RunDirError
 from testkit.grid import InProcessGrid, task_identity
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config

@@ -17,8 +17,8 @@ from flwr.app import (
     RecordDict,
 )
 
+from server_app.aggregate import check_shared, weighted_average
 from server_app.strategy import SharedPromptFedAvg
-from task.aggregate import check_shared, weighted_average
 
 SHAPE = (4, 8)
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from task.backbone import BackboneNotFoundError, load_backbone
 from task.config import ConfigError, ModelConfig
+from task.model.backbone import BackboneNotFoundError, load_backbone
 from testkit.models import save_tiny_clip
 
 

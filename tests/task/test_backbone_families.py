@@ -2,7 +2,7 @@
 
 For each family the prompt learner initialised from "a photo of a" must reproduce
 ``get_text_features("a photo of a {class}.")`` and the image tower must reproduce
-``get_image_features``; patch tokens follow the definition in task/backbones/base.py.
+``get_image_features``; patch tokens follow the definition in task/model/families/base.py.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from task.backbone import load_backbone
-from task.backbones import UnsupportedModelError
 from task.config import ModelConfig, PromptConfig
-from task.prompt_learner import PromptLearner
-from task.zeroshot import zeroshot_features
+from task.model.backbone import load_backbone
+from task.model.families import UnsupportedModelError
+from task.model.prompts import PromptLearner
+from task.model.zeroshot import zeroshot_features
 from testkit.images import TINY_CLASSES
 from testkit.models import save_tiny_dual_encoder
 
@@ -238,7 +238,7 @@ def test_preflight_accepts_exactly_the_loadable_families():
     They must name the same families."""
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-    from task.backbones import FAMILIES
-    from task.preflight import SUPPORTED_MODEL_TYPES
+    from task.model.families import FAMILIES
+    from task.runs.preflight import SUPPORTED_MODEL_TYPES
 
     assert {MODEL_MAPPING_NAMES[t] for t in SUPPORTED_MODEL_TYPES} == set(FAMILIES)

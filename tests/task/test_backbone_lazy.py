@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from task.backbone import load_backbone
 from task.config import ModelConfig, PromptConfig
-from task.features import FeatureCache
-from task.prompt_learner import PromptLearner
-from task.zeroshot import zeroshot_features
+from task.local.features import FeatureCache
+from task.model.backbone import load_backbone
+from task.model.prompts import PromptLearner
+from task.model.zeroshot import zeroshot_features
 from testkit.images import TINY_CLASSES
 
 
@@ -73,9 +73,9 @@ def test_a_text_only_process_imports_no_timm(tiny_dual_encoder_dir):
     code = textwrap.dedent(
         f"""
         import sys
-        from task.backbone import load_backbone
+        from task.model.backbone import load_backbone
         from task.config import ModelConfig
-        from task.zeroshot import zeroshot_features
+        from task.model.zeroshot import zeroshot_features
         b = load_backbone(ModelConfig(name={str(tiny_dual_encoder_dir)!r}, device="cpu"))
         zeroshot_features(b, ["river", "beach"])
         assert b.preprocessing_id  # part of the feature-cache key
@@ -99,7 +99,7 @@ def test_a_clip_vision_tower_loads_where_timm_is_not_installed(tiny_clip_dir):
         sys.modules["timm"] = None  # as if not installed: `import timm` raises
         from transformers.utils import import_utils
         import_utils.is_timm_available = lambda: False
-        from task.backbone import load_backbone
+        from task.model.backbone import load_backbone
         from task.config import ModelConfig
         b = load_backbone(ModelConfig(name={str(tiny_clip_dir)!r}, device="cpu"))
         b.encode_images(__import__("torch").randn(1, 3, 32, 32), False)

@@ -10,17 +10,18 @@ import torch.nn.functional as F
 
 from task.config import LossConfig, PromptConfig, TrainConfig, parse_run_config
 from task.data.records import ImageRecord
-from task.features import FeatureSet
-from task.full_finetune import build_full_model, evaluate_full, train_full
-from task.learner import build_learner
-from task.losses import objective, proximal_term
-from task.methods import METHODS, get_method, prompt_numel, shared_bytes, shared_numel
-from task.ot import patch_prompt_ot, unbalanced_sinkhorn_plan
-from task.prompt_learner import PRIVATE_KEY, SHARED_KEY
-from task.train import evaluate, prompt_features, train
+from task.local.evaluate import evaluate, prompt_features
+from task.local.features import FeatureSet
+from task.local.train import train
+from task.local.train_full import evaluate_full, train_full
+from task.methods import METHODS, get_method, shared_bytes, shared_numel
+from task.methods.fedavg_full import build_full_model
+from task.methods.fedprox import proximal_term
+from task.methods.ot import patch_prompt_ot, unbalanced_sinkhorn_plan
+from task.model.prompts import PRIVATE_KEY, SHARED_KEY
 from testkit.images import TINY_CLASSES
 
-PROMPT_METHODS = [n for n, m in METHODS.items() if m.trains and not m.full_finetune]
+PROMPT_METHODS = [n for n, m in METHODS.items() if m.trains and m.uses_cached_features]
 ONE_STEP = TrainConfig(epochs=1, batch_size=64, lr=0.01)
 
 
@@ -33,7 +34,7 @@ def _features(n_per_class=3, n_patches=4, d=16, seed=0):
 
 
 def _learner(backbone, name, prompt=None, seed=0):
-    return build_learner(get_method(name), backbone, TINY_CLASSES, prompt or PromptConfig(), seed)
+    return get_method(name).build_learner(backbone, TINY_CLASSES, prompt or PromptConfig(), seed)
 
 
 @pytest.mark.parametrize("name", PROMPT_METHODS)
@@ -91,9 +92,10 @@ def test_shared_and_private_keys_per_method(tiny_backbone):
         if name in PROMPT_METHODS:
             learner = _learner(tiny_backbone, name)
             assert set(learner.state_dict()) == set(shared) | set(private), name
-            assert shared_numel(method, learner) == prompt_numel(method, 4, 32)
-            assert shared_bytes(method, learner) == 4 * prompt_numel(method, 4, 32)
-    assert prompt_numel(get_method("fedrsclip"), 4, 512) == 2048
+            assert shared_numel(method, learner) == method.params_per_round(4, 32)
+            assert shared_bytes(method, learner) == 4 * method.params_per_round(4, 32)
+    assert get_method("fedrsclip").params_per_round(4, 512) == 2048
+    assert get_method("fedavg-full").params_per_round(4, 512) is None
     assert not get_method("fedrsclip-noot").needs_patches(LossConfig())
     assert get_method("fedotp").needs_patches(LossConfig(head="clip"))
 
@@ -145,7 +147,7 @@ def test_fedpgp_low_rank_private_and_contrastive(tiny_backbone):
     feats = learner(shared=True, personal=True, anchor=True)
     assert feats.anchor is not None and not feats.anchor.requires_grad
     fs = _features()
-    obj = objective(method, LossConfig(), feats, fs.global_[:5], None, fs.labels[:5], 10.0)
+    obj = method.objective(LossConfig(), feats, fs.global_[:5], None, fs.labels[:5], 10.0)
     obj.loss.backward()
     assert learner.shared_ctx.grad is not None and learner.private_ctx.grad is not None
     # with prompt.init = "a photo of a", the anchor is the hand-crafted prompt itself
@@ -191,14 +193,14 @@ def test_fedotp_unbalanced_objective_approaches_balanced(tiny_backbone):
     with torch.no_grad():
         feats = learner()
     args = (feats, fs.global_, fs.patches.float(), fs.labels, 10.0)
-    balanced = objective(method, LossConfig(ot_iters=500, ot_tol=1e-9), *args)
-    relaxed = objective(method, LossConfig(ot_iters=500, ot_tol=1e-9, ot_marginal_reg=1e5), *args)
+    balanced = method.objective(LossConfig(ot_iters=500, ot_tol=1e-9), *args)
+    relaxed = method.objective(LossConfig(ot_iters=500, ot_tol=1e-9, ot_marginal_reg=1e5), *args)
     assert abs(balanced.parts["loss"] - relaxed.parts["loss"]) < 1e-3
 
 
 def test_fedavg_full_shares_exactly_the_trainable_parameters(tiny_backbone, synthetic_image_root):
     method = get_method("fedavg-full")
-    assert method.full_finetune and not method.uses_cached_features
+    assert method.client_kind == "full" and not method.uses_cached_features
     model = build_full_model(tiny_backbone, TINY_CLASSES)
     keys = set(method.shared_keys_for(model))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

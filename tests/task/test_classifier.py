@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from task.classifier import (
+from task.config import parse_run_config
+from task.methods.heads import compute_logits
+from task.predict.classifier import (
     BackboneMismatchError,
     check_backbone,
     classifier_from_prompts,
@@ -18,16 +20,14 @@ from task.classifier import (
     image_processor_from_dict,
     preprocessing_dict,
 )
-from task.config import parse_run_config
-from task.exported import (
+from task.predict.exported import (
     FORMAT_VERSION,
     META_NAME,
     WEIGHTS_NAME,
     ExportedClassifier,
     ExportError,
 )
-from task.losses import compute_logits
-from task.predict import find_images, predict_images
+from task.predict.images import find_images, predict_images
 from testkit.images import TINY_CLASSES, write_synthetic_images
 
 N_CTX, WIDTH = 4, 32  # the tiny CLIP's text width

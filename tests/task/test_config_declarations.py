@@ -64,7 +64,7 @@ def test_every_key_has_help_and_roles_are_consistent():
 
 
 def test_the_report_and_launcher_use_the_derived_sets():
-    from server_app import launch
+    from launcher import cli as launch
     from task import report
 
     assert set(launch.PATH_KEYS) == set(PATH_KEYS)

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from task.backbone import load_backbone
-from task.backbones.convert_openclip import ConversionError, convert_model, main
-from task.backbones.optional_imports import import_optional
 from task.config import ModelConfig, PromptConfig
-from task.prompt_learner import PromptLearner
+from task.model.backbone import load_backbone
+from task.model.families.convert_openclip import ConversionError, convert_model, main
+from task.model.families.optional_imports import import_optional
+from task.model.prompts import PromptLearner
 
 try:
     open_clip = import_optional("open_clip", "the converter test")
@@ -85,7 +85,7 @@ def test_cli_converts_a_checkpoint_file_and_refuses_resnets(tmp_path, capsys):
     source = _tiny_openclip()
     ckpt = tmp_path / "model.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, ckpt)
-    import task.backbones.convert_openclip as conv
+    import task.model.families.convert_openclip as conv
 
     original = conv.load_openclip
 

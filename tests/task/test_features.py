@@ -3,13 +3,12 @@ import json
 import pytest
 import torch
 
-from task.backbone import load_backbone
 from task.config import LossConfig, ModelConfig, PromptConfig, TrainConfig
 from task.data.records import CorruptImageError, ImageRecord
-from task.features import FeatureCache, FeatureSet, extract_features
-from task.losses import objective
+from task.local.features import FeatureCache, FeatureSet, extract_features
 from task.methods import get_method
-from task.prompt_learner import PromptLearner
+from task.model.backbone import load_backbone
+from task.model.prompts import PromptLearner
 from testkit.images import TINY_CLASSES
 from testkit.models import save_tiny_clip
 
@@ -77,8 +76,8 @@ def test_training_loss_from_cache_equals_on_the_fly(tmp_path, tiny_backbone, syn
     labels = torch.tensor([r.label for r in records])
     method, cfg = get_method("fedrsclip"), LossConfig()
     feats = learner()
-    from_cache = objective(method, cfg, feats, cached.global_, cached.patches.float(), labels, 10.0)
-    on_the_fly = objective(method, cfg, feats, live.global_, live.patches, labels, 10.0)
+    from_cache = method.objective(cfg, feats, cached.global_, cached.patches.float(), labels, 10.0)
+    on_the_fly = method.objective(cfg, feats, live.global_, live.patches, labels, 10.0)
     assert from_cache.parts["loss"] == pytest.approx(on_the_fly.parts["loss"], abs=1e-3)
     assert from_cache.parts["ce"] == pytest.approx(on_the_fly.parts["ce"], abs=1e-5)
     assert TrainConfig()  # config types import cleanly

@@ -20,21 +20,15 @@ from flwr.app import (
 )
 
 from client_app.app import app
-from task.backbone import load_backbone
 from task.config import ModelConfig, TrainConfig, parse_app_config
 from task.data.records import CorruptImageError, ImageRecord
-from task.data_source import run_class_names
-from task.full_finetune import (
-    build_full_model,
-    evaluate_full,
-    initial_state,
-    load_full_model,
-    train_full,
-)
-from task.global_model import initial_shared
+from task.data.source import run_class_names
+from task.local.global_model import initial_shared
+from task.local.train_full import evaluate_full, train_full
 from task.methods import get_method, shared_numel
-from task.runtime import get_backbone
-from task.zeroshot import zeroshot_features
+from task.methods.fedavg_full import build_full_model, initial_state, load_full_model
+from task.model.backbone import get_backbone, load_backbone
+from task.model.zeroshot import zeroshot_features
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config
 

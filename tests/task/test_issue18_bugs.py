@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from task.classifier import class_features
 from task.config import parse_run_config
-from task.learner import build_learner
 from task.methods import get_method
-from task.run_dir import RunDir
+from task.predict.classifier import class_features
+from task.runs.run_dir import RunDir
 from testkit.images import TINY_CLASSES
 
 
@@ -30,13 +29,13 @@ def test_moving_the_feature_cache_keeps_a_run_resumable(tmp_path):
 
 def _trained_state(method_name: str, backbone, cfg) -> dict[str, torch.Tensor]:
     """The tensors a client of this method holds after training (random, right shapes)."""
-    learner = build_learner(get_method(method_name), backbone, TINY_CLASSES, cfg, seed=3)
+    learner = get_method(method_name).build_learner(backbone, TINY_CLASSES, cfg, seed=3)
     g = torch.Generator().manual_seed(1)
     return {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in learner.state_dict().items()}
 
 
 def _training_features(method_name: str, backbone, cfg, state):
-    learner = build_learner(get_method(method_name), backbone, TINY_CLASSES, cfg.prompt)
+    learner = get_method(method_name).build_learner(backbone, TINY_CLASSES, cfg.prompt)
     learner.load_state_dict(state)
     with torch.no_grad():
         return learner(shared=True, personal=True)

@@ -2,9 +2,10 @@ import torch
 import torch.nn.functional as F
 
 from task.config import LossConfig
-from task.losses import compute_logits, dual_prompt_alignment, objective, prompt_set
 from task.methods import get_method
-from task.prompt_learner import PromptFeatures
+from task.methods.fedrsclip import dual_prompt_alignment
+from task.methods.heads import compute_logits, prompt_set
+from task.model.prompts import PromptFeatures
 
 
 def _feats(c=4, d=8, seed=0):
@@ -37,14 +38,13 @@ def test_objective_parts_per_method():
     feats = _feats()
     image_global, patches, labels = _images()
     cfg = LossConfig(alpha=1.0, beta=0.5)
-    full = objective(get_method("fedrsclip"), cfg, feats, image_global, patches, labels, 10.0)
+    full = get_method("fedrsclip").objective(cfg, feats, image_global, patches, labels, 10.0)
     assert set(full.parts) == {"ce", "ce_global", "dpa", "ot", "loss"}
     expected = (
         full.parts["ce"] + full.parts["ce_global"] + full.parts["dpa"] + 0.5 * full.parts["ot"]
     )
     assert abs(full.parts["loss"] - expected) < 1e-5
-    plain = objective(
-        get_method("promptfl"),
+    plain = get_method("promptfl").objective(
         cfg,
         PromptFeatures(feats.shared, None),
         image_global,
@@ -58,8 +58,7 @@ def test_objective_parts_per_method():
 def test_ot_alignment_without_ot_head_equals_true_class_distance():
     feats = _feats()
     image_global, patches, labels = _images()
-    with_head = objective(
-        get_method("fedrsclip"),
+    with_head = get_method("fedrsclip").objective(
         LossConfig(alpha=0, beta=1.0, head="clip+ot"),
         feats,
         image_global,
@@ -67,8 +66,7 @@ def test_ot_alignment_without_ot_head_equals_true_class_distance():
         labels,
         10.0,
     )
-    clip_head = objective(
-        get_method("fedrsclip"),
+    clip_head = get_method("fedrsclip").objective(
         LossConfig(alpha=0, beta=1.0, head="clip"),
         feats,
         image_global,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from task.ot import paired_ot, patch_prompt_ot, sinkhorn_plan
+from task.methods.ot import paired_ot, patch_prompt_ot, sinkhorn_plan
 
 
 def _unit(*shape, seed=0, dtype=torch.float64):
@@ -77,7 +77,7 @@ def test_ot_distance_gradient_is_exact(solver):
 
 @pytest.mark.parametrize("reg", [0.5, 0.1, 0.02])
 def test_two_point_solver_equals_pot_sinkhorn(reg):
-    from task.ot import two_point_plan
+    from task.methods.ot import two_point_plan
 
     g = torch.Generator().manual_seed(11)
     cost = 1.0 - (2 * torch.rand(40, 9, 2, generator=g, dtype=torch.float64) - 1)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from task.config import AppConfig, ClientSection, parse_run_config
-from task.predict_cli import RunLoadError, export_main, load_run_model, main, predict_main
-from task.private_store import PrivateStore
-from task.run_dir import RunDir
+from task.local.private_store import PrivateStore
+from task.predict.cli import RunLoadError, export_main, load_run_model, main, predict_main
+from task.runs.run_dir import RunDir
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.models import save_tiny_clip
 from tests.conftest import SHARED
@@ -186,7 +186,7 @@ def test_nothing_readable_exits_non_zero_from_the_command_line(run_dir, tmp_path
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.png").write_bytes(b"nope")
-    cmd = [sys.executable, "-m", "task.predict_cli", "predict", "--run", str(run_dir), str(bad)]
+    cmd = [sys.executable, "-m", "task.predict.cli", "predict", "--run", str(run_dir), str(bad)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "0 image(s) predicted, 1 unreadable skipped" in proc.stderr

@@ -1,4 +1,5 @@
-"""task.preflight: each check passes or fails with the key to fix, in order, without training."""
+"""task.runs.preflight: each check passes or fails with the key to fix, in order, without
+training."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from task.backbone import BackboneNotFoundError
 from task.config import parse_app_config
 from task.data import DataError
-from task.preflight import PreflightError, check_data, check_model, key_to_fix, run_preflight
+from task.model.backbone import BackboneNotFoundError
+from task.runs.preflight import PreflightError, check_data, check_model, key_to_fix, run_preflight
 from testkit.images import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def test_the_failing_data_path_does_not_import_torch(scenes: Path) -> None:
     code = (
         "import sys\n"
         "from task.config import parse_app_config\n"
-        "from task.preflight import run_preflight\n"
+        "from task.runs.preflight import run_preflight\n"
         f"cfg = parse_app_config({{'data.dataset': 'imagefolder', 'data.root': {str(scenes)!r},"
         " 'data.class-names': 'grassland,farmland,industrial,lake', 'data.num-clients': 2})\n"
         "report = run_preflight(cfg)\n"

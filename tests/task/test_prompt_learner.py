@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from task.config import ConfigError, PromptConfig
-from task.prompt_learner import PRIVATE_KEY, SHARED_KEY, PromptLearner
+from task.model.prompts import PRIVATE_KEY, SHARED_KEY, PromptLearner
 from testkit.images import TINY_CLASSES
 
 

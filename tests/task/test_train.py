@@ -4,11 +4,12 @@ import torch
 import torch.nn.functional as F
 
 from task.config import LossConfig, PromptConfig, TrainConfig
-from task.features import FeatureSet
+from task.local.evaluate import evaluate, prompt_features
+from task.local.features import FeatureSet
+from task.local.train import train
 from task.methods import get_method
-from task.prompt_learner import PromptLearner
-from task.train import evaluate, prompt_features, train
-from task.zeroshot import zeroshot_features
+from task.model.prompts import PromptLearner
+from task.model.zeroshot import zeroshot_features
 from testkit.images import TINY_CLASSES
 
 

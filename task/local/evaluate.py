@@ -1,0 +1,62 @@
+"""Scoring over cached frozen features: accuracy, CE and per-class accuracy of a head's logits
+(the same :func:`~task.methods.heads.compute_logits` training and prediction use)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from task.config import LossConfig
+from task.local.features import FeatureSet
+from task.local.train import EvalResult, batch_of
+from task.methods.heads import compute_logits
+from task.model.prompts import PromptFeatures, PromptLearner
+
+
+@torch.no_grad()
+def prompt_features(learner: PromptLearner) -> PromptFeatures:
+    """Class text features of every prompt the learner holds, without gradients."""
+    return learner(shared=True, personal=True)
+
+
+def per_class(
+    pred: torch.Tensor, labels: torch.Tensor, n_classes: int
+) -> tuple[float, list[float]]:
+    """Accuracy and per-class accuracy (NaN for a class absent from ``labels``)."""
+    correct = (pred == labels).float()
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    hits = torch.bincount(labels, weights=correct, minlength=n_classes)
+    per = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
+    return float(correct.mean()), per.tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    text: PromptFeatures,
+    features: FeatureSet,
+    head: str,
+    loss_cfg: LossConfig,
+    logit_scale: float,
+    personalised: bool,
+    batch_size: int = 256,
+) -> EvalResult:
+    """Accuracy of the personalised (shared + personal) or global (shared-only) classifier.
+
+    A method without a shared prompt (``local``) has no global model: its global result is NaN.
+    """
+    n = len(features)
+    n_classes = len(text.shared if text.shared is not None else text.personal)
+    if n == 0 or (not personalised and text.shared is None):
+        return EvalResult(float("nan"), float("nan"), 0, [float("nan")] * n_classes)
+    device = (text.shared if text.shared is not None else text.personal).device
+    preds, loss_sum = [], 0.0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        image_global, patches, labels = batch_of(features, idx, device)
+        logits, _ = compute_logits(
+            head, text, image_global, patches, logit_scale, loss_cfg, personalised
+        )
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        preds.append(logits.argmax(dim=1).cpu())
+    accuracy, per = per_class(torch.cat(preds), features.labels, n_classes)
+    return EvalResult(accuracy, loss_sum / n, n, per)
