@@ -1,8 +1,9 @@
 """Flower ClientApp: private prompt on local disk, shared prompt from/to the server.
 
-Thin adapter over task.local.client (make_client): decode the message, run the round, reply with
-the shared tensors and metrics only. For ``method.name=fedavg-full`` the "shared tensors" are the
-whole image encoder + linear head (trained on raw images; nothing private, nothing cached).
+Thin adapter over task.local.client (make_client): decode the message, run the round, reply
+with the shared tensors and the typed metrics of protocol.replies only. For
+``method.name=fedavg-full`` the "shared tensors" are the whole image encoder + linear head
+(trained on raw images; nothing private, nothing cached).
 
 The private prompt is loaded from and saved to the store under
 ``<private-dir>/<experiment>/client-<partition>/``; ``private-dir`` comes from the node config
@@ -14,17 +15,14 @@ likewise the node config's ``cache-dir`` overrides ``cache.dir`` (the frozen fea
 
 With ``server.dp = "client"`` the server's DP wrapper puts a clipping norm in the train config and
 Flower's ``fixedclipping_mod`` clips this client's shared-prompt update before it is sent.
-
-Fault injection (tests only): ``FEDRSCLIP_FAULT="stage:partition:round[,...]"`` in the ClientApp's
-environment makes it fail on purpose: stage ``train`` raises before training, ``save`` raises
-after the new private prompt was fully written to a temporary file but before it replaces the
-last good one (a crash mid-write); ``*`` matches any partition or round.
+Test-only fault injection is a mod in testkit.faults, added only when ``FEDRSCLIP_FAULT`` is set.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 from client_app import timeline  # before torch and transformers: marks when importing began
 
@@ -36,29 +34,28 @@ import torch  # noqa: E402
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
-from flwr.clientapp.typing import ClientAppCallable  # noqa: E402
+from flwr.clientapp.typing import ClientAppCallable, Mod  # noqa: E402
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
 
-from protocol.messages import (  # noqa: E402
+from protocol.keys import (  # noqa: E402
     ARRAYS,
     CONFIG,
+    DATA_ROOT,
     EVAL_METRICS,
     EVALUATE_ROUND,
+    EXPERIMENT,
     METRICS,
-    ZEROSHOT_KEY,
-    from_record,
-    to_record,
+    PARTITION_ID,
+    SERVER_ROUND,
+    ZEROSHOT,
 )
+from protocol.messages import from_record, to_record  # noqa: E402
+from protocol.replies import EvalReply, TrainReply  # noqa: E402
 from task.config import apply_node_config, parse_app_config  # noqa: E402
 from task.local.client import ClientEval, FederatedClient, make_client  # noqa: E402
 from task.local.private_store import PrivateStore  # noqa: E402
 
-DATA_ROOT_KEY = "data-root"  # also the node's whole partition with data.partitioner=local
-FAULT_ENV = "FEDRSCLIP_FAULT"
-
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose by the FEDRSCLIP_FAULT test hook."""
+FAULT_ENV = "FEDRSCLIP_FAULT"  # tests only: see testkit.faults
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -71,51 +68,30 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[dp_clipping_mod])
-timeline.imports_done = time.time()
-
-
-def _faults(stage: str, partition_id: int, server_round: int) -> bool:
-    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        parts = item.strip().split(":")
-        if len(parts) != 3:
-            raise ValueError(f"{FAULT_ENV} item {item!r} is not stage:partition:round")
-        s, p, r = parts
-        if s == stage and p in ("*", str(partition_id)) and r in ("*", str(server_round)):
-            return True
-    return False
-
-
-def _client(msg: Message, context: Context) -> tuple[FederatedClient, int, bool]:
+def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
     """The federated client for this node and the round the message belongs to."""
     node = context.node_config
-    if "partition-id" not in node:
+    if PARTITION_ID not in node:
         raise ValueError(
             "node config has no partition-id. Fix: start the SuperNode with "
             '--node-config "partition-id=N num-partitions=M"'
         )
-    partition_id = int(node["partition-id"])
+    partition_id = int(node[PARTITION_ID])
     cfg = apply_node_config(parse_app_config(dict(context.run_config)), node)
     config = msg.content.config_records[CONFIG]
-    server_round = int(config["server-round"])
+    server_round = int(config[SERVER_ROUND])
     store = PrivateStore(
-        cfg.client.private_dir, str(config["experiment"]), partition_id, cfg.client.on_corrupt
+        cfg.client.private_dir, str(config[EXPERIMENT]), partition_id, cfg.client.on_corrupt
     )
-    if _faults("save", partition_id, server_round):
-
-        def crash(tmp: object) -> None:
-            raise InjectedFault(f"injected fault: crash before saving {tmp} (FEDRSCLIP_FAULT)")
-
-        store.before_replace = crash
     client = make_client(
         cfg.core,
         partition_id,
         store,
         progress=cfg.client.progress,
         on_corrupt=cfg.client.on_corrupt,
-        data_root=str(node.get(DATA_ROOT_KEY, "") or ""),
+        data_root=str(node.get(DATA_ROOT, "") or ""),
     )
-    return client, server_round, cfg.server.fp16_transport
+    return client, server_round
 
 
 def _timings(
@@ -144,7 +120,6 @@ def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
     return {k: v.float() for k, v in tensors.items()}, fp16
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally from the received shared prompt; reply with the shared tensors only.
 
@@ -153,43 +128,42 @@ def train(msg: Message, context: Context) -> Message:
     exactly as a separate evaluate message would; the result rides in the same reply.
     """
     started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
-    client, server_round, _ = _client(msg, context)
-    if _faults("train", client.partition_id, server_round):
-        raise InjectedFault(f"injected fault: client {client.partition_id} train (FEDRSCLIP_FAULT)")
-    if _faults("hang", client.partition_id, server_round):
-        _hang(client.partition_id, server_round)
+    client, server_round = _client(msg, context)
     shared, fp16 = _shared(msg)
     config = msg.content.config_records[CONFIG]
     records = {}
     evaluate_round = int(config.get(EVALUATE_ROUND, -1))
     if evaluate_round >= 1:
         te, ce = time.perf_counter(), time.process_time()
-        res = client.evaluate(shared, evaluate_round, bool(config.get(ZEROSHOT_KEY, False)))
+        res = client.evaluate(shared, evaluate_round, bool(config.get(ZEROSHOT, False)))
         records[EVAL_METRICS] = MetricRecord(_eval_metrics(client, res, te, ce, started))
         client.feature_seconds = client.backbone_seconds = 0.0  # train timings start afresh
         t0, c0 = time.perf_counter(), time.process_time()
     new_shared, result = client.train(shared, server_round)
-    metrics = {
-        "num-examples": int(result.num_examples) or len(client.data.train),
-        "train-loss": float(result.loss),
-        "steps": int(result.steps),
-        "partition-id": client.partition_id,
-    }
-    metrics.update({f"train-{k}": float(v) for k, v in result.parts.items() if k != "loss"})
-    metrics.update(_timings(client, t0, c0, started))
+    reply = TrainReply(
+        partition_id=client.partition_id,
+        num_examples=int(result.num_examples) or len(client.data.train),
+        train_loss=float(result.loss),
+        steps=int(result.steps),
+        parts={k: float(v) for k, v in result.parts.items() if k != "loss"},
+        timings=_timings(client, t0, c0, started),
+    )
     content = RecordDict(
-        {ARRAYS: to_record(new_shared, fp16=fp16), METRICS: MetricRecord(metrics), **records}
+        {
+            ARRAYS: to_record(new_shared, fp16=fp16),
+            METRICS: MetricRecord(reply.to_metrics()),
+            **records,
+        }
     )
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Personalised (shared + private) and shared-only accuracy on this client's test split."""
     started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
-    client, server_round, _ = _client(msg, context)
+    client, server_round = _client(msg, context)
     shared, _ = _shared(msg)
-    with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT_KEY, False))
+    with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT, False))
     res = client.evaluate(shared, server_round, with_zeroshot)
     metrics = _eval_metrics(client, res, t0, c0, started)
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
@@ -198,40 +172,36 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _eval_metrics(
     client: FederatedClient, res: ClientEval, t0: float, c0: float, started: float
 ) -> dict:
-    metrics = {
-        "num-examples": int(res.personalised.num_examples),
-        "personalised-accuracy": float(res.personalised.accuracy),
-        "personalised-loss": float(res.personalised.loss),
-        "global-accuracy": float(res.global_.accuracy),
-        "global-loss": float(res.global_.loss),
-        "global-num-examples": int(res.global_.num_examples),
-        "partition-id": client.partition_id,
-        "private-round": -1 if res.private_round is None else int(res.private_round),
-    }
-    if res.zeroshot is not None:
-        metrics["zeroshot-accuracy"] = float(res.zeroshot.accuracy)
-    metrics.update(_timings(client, t0, c0, started))
-    return metrics
+    reply = EvalReply(
+        partition_id=client.partition_id,
+        num_examples=int(res.personalised.num_examples),
+        personalised_accuracy=float(res.personalised.accuracy),
+        personalised_loss=float(res.personalised.loss),
+        global_accuracy=float(res.global_.accuracy),
+        global_loss=float(res.global_.loss),
+        global_num_examples=int(res.global_.num_examples),
+        private_round=-1 if res.private_round is None else int(res.private_round),
+        zeroshot_accuracy=None if res.zeroshot is None else float(res.zeroshot.accuracy),
+        timings=_timings(client, t0, c0, started),
+    )
+    return reply.to_metrics()
 
 
-FAULT_MARKER_ENV = "FEDRSCLIP_FAULT_MARKER"
-FAULT_HANG_ENV = "FEDRSCLIP_FAULT_HANG_S"
+def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp with this module's handlers (``extra_mods``: e.g. testkit.faults)."""
+    client_app = ClientApp(mods=[dp_clipping_mod, *extra_mods])
+    client_app.train()(train)
+    client_app.evaluate()(evaluate)
+    return client_app
 
 
-def _hang(partition_id: int, server_round: int) -> None:
-    """Fault stage ``hang`` (tests only): this ClientApp has set up its round (config, private
-    store) and stops making progress, so a test can kill its SuperNode while it "trains".
+def _mods() -> list[Mod]:
+    if not os.environ.get(FAULT_ENV):
+        return []
+    from testkit.faults import fault_mod  # tests only: the fault injection lives there
 
-    Writes ``<FEDRSCLIP_FAULT_MARKER>/hang-p<partition>-r<round>`` (holding this process id) when
-    that variable names a directory, then sleeps ``FEDRSCLIP_FAULT_HANG_S`` seconds (default 600)
-    and carries on training normally.
-    """
-    import time
+    return [fault_mod]
 
-    marker_dir = os.environ.get(FAULT_MARKER_ENV, "")
-    if marker_dir:
-        marker = os.path.join(marker_dir, f"hang-p{partition_id}-r{server_round}")
-        with open(marker + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(marker + ".tmp", marker)
-    time.sleep(float(os.environ.get(FAULT_HANG_ENV, "600")))
+
+app = build_app(_mods())
+timeline.imports_done = time.time()

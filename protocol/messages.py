@@ -1,6 +1,7 @@
 """Tensors <-> Flower records, and the serialised size of messages (communication accounting).
 
-Shared by the ServerApp and the ClientApp so both sides agree on the record layout:
+Shared by the ServerApp and the ClientApp so both sides agree on the record layout (the record
+names and every key: protocol.keys; the replies' metrics: protocol.replies):
 ``content["arrays"]`` (ArrayRecord, shared tensors only), ``content["config"]`` (ConfigRecord,
 server -> client), ``content["metrics"]`` (MetricRecord, client -> server).
 """
@@ -12,17 +13,6 @@ from collections.abc import Mapping
 import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
-
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
-ZEROSHOT_KEY = "zeroshot"  # evaluate config: also report the frozen zero-shot accuracy
-# Fused evaluation (server.eval-mode=fused): a train message whose config holds EVALUATE_ROUND
-# = r (>= 1) asks the client to evaluate the model it carries (round r's aggregate, with the
-# private prompt saved at the end of round r) before training; the evaluation goes back in the
-# train reply's EVAL_METRICS record, with the keys of an evaluate reply's METRICS.
-EVALUATE_ROUND = "evaluate-round"
-EVAL_METRICS = "eval-metrics"
 
 
 def to_record(tensors: Mapping[str, torch.Tensor], fp16: bool = False) -> ArrayRecord:

@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import (
 )
 
 from server_app.phases import RoundTally, evaluate_phase, server_global_eval, train_phase
-from server_app.strategy import SharedPromptFedAvg, expected_examples
+from server_app.strategy import SharedPromptFedAvg
 from task.config import AppConfig, parse_app_config
 from task.data.federation import write_run_manifest
 from task.data.source import data_source, get_federation
@@ -56,8 +56,8 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     preflight(cfg)
     run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
     done = run.last_completed_round()
+    source = data_source(core.data)
     if done is None:
-        source = data_source(core.data)
         listed = source.federation() if source.server_lists else None
         write_run_manifest(core.data, listed, run.root)
         shared = initial_shared(core)
@@ -75,7 +75,7 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
         max_norm_ratio=srv.max_norm_ratio,
         num_partitions=core.data.num_clients,
         max_examples_ratio=srv.max_examples_ratio,
-        **expected_examples(core),
+        limits=source.example_limits(core.train.epochs),
         fraction_train=srv.fraction_train,
         fraction_evaluate=srv.fraction_evaluate,
         min_train_nodes=srv.min_replies,

@@ -1,6 +1,8 @@
 """The two phases of a server round, free of the loop's bookkeeping: training (send the global
 state, validate and average the replies, collect a fused evaluation riding in them) and
-evaluation (ask the clients to score the global state), and the tally they add up to."""
+evaluation (ask the clients to score the global state). Both go through one :func:`exchange`
+(sample, send, wait, count the silent nodes); the strategy's outcomes and the round's
+:class:`RoundTally` carry what was measured."""
 
 from __future__ import annotations
 
@@ -13,18 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from protocol.messages import (
-    EVALUATE_ROUND,
-    ZEROSHOT_KEY,
-    content_bytes,
-    from_record,
-    payload_bytes,
-    to_record,
-)
-from server_app.strategy import SharedPromptFedAvg
+from protocol.keys import EVALUATE_ROUND, EXPERIMENT, ZEROSHOT
+from protocol.messages import content_bytes, payload_bytes, to_record
+from server_app.strategy import EvaluationOutcome, RoundReport, SharedPromptFedAvg
 from task.config import AppConfig
 from task.local.global_model import global_evaluate
 from task.runs.run_dir import RunDir
@@ -51,12 +47,12 @@ class RoundTally:
     keys_seen: set[str] = field(default_factory=set)
     payload: int = 0
 
-    def sent(self, messages: list) -> None:
+    def sent(self, messages: list[Message]) -> None:
         for msg in messages:
             node = msg.metadata.dst_node_id
             self.bytes_to[node] = self.bytes_to.get(node, 0) + content_bytes(msg)
 
-    def absorb(self, rep: Any, missing: int = 0) -> None:
+    def absorb(self, rep: RoundReport, missing: int = 0) -> None:
         """Fold one phase's reply report (train or evaluate) into the round's tallies."""
         for node, n in rep.bytes_from.items():
             self.bytes_from[node] = self.bytes_from.get(node, 0) + n
@@ -73,10 +69,8 @@ class RoundTally:
             per_client.setdefault(self.node_pid.get(node, -node), {})["bytes_received"] = n
         for node, n in self.bytes_from.items():
             per_client.setdefault(self.node_pid.get(node, -node), {})["bytes_sent"] = n
-        for values in per_client.values():
-            values.pop("node", None)
         return {
-            "per_client": {str(pid): per_client[pid] for pid in sorted(per_client)},
+            "per_client": {str(pid): _public(per_client[pid]) for pid in sorted(per_client)},
             "clients_failed": self.failed,
             "replies_rejected": len(self.rejected),
             "rejected": self.rejected,
@@ -88,28 +82,52 @@ class RoundTally:
         }
 
 
-def server_global_eval(cfg: AppConfig, shared: dict[str, torch.Tensor]) -> dict[str, Any]:
-    res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
-    return {"global_accuracy": res.accuracy, "global_loss": res.loss}
+def _public(values: dict[str, Any]) -> dict[str, Any]:
+    """A per-client entry as metrics.jsonl holds it (the node id stays on the server)."""
+    return {k: v for k, v in values.items() if k != "node"}
 
 
-def _eval_fields(metrics: Any, global_eval: str) -> dict[str, Any]:
-    """A round's evaluation fields from the strategy's aggregated evaluation metrics."""
-    fields: dict[str, Any] = {
-        "personalised_accuracy": float(metrics["personalised-accuracy"]),
-        "personalised_loss": float(metrics["personalised-loss"]),
-    }
-    if global_eval == "client":
-        fields["global_accuracy"] = float(metrics["global-accuracy"])
-    if "zeroshot-accuracy" in metrics:
-        fields["zeroshot_accuracy"] = float(metrics["zeroshot-accuracy"])
-    return fields
+@dataclass
+class Exchanged:
+    """One phase's round trip: the messages sent, the replies, when, and who never answered."""
+
+    messages: list[Message]
+    replies: list[Message]
+    sent_at: float
+    received_at: float
+    missing: int
 
 
-def needs_zeroshot(run: RunDir) -> bool:
-    """The frozen model's zero-shot accuracy is asked for once per run, with the first
-    evaluation (the reference every later accuracy is compared with, on the same images)."""
-    return not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics())
+def exchange(
+    grid: Grid,
+    cfg: AppConfig,
+    configure: Any,
+    shared: dict[str, torch.Tensor],
+    server_round: int,
+    config: dict[str, Any],
+    tally: RoundTally,
+    purpose: str,
+) -> Exchanged:
+    """Sample nodes (seeded per round and phase, so a replay samples alike), send the shared
+    state encoded once, wait for the replies; nodes that sent nothing are logged."""
+    srv = cfg.server
+    random.seed(derive_seed(cfg.core.train.seed, server_round, -1, purpose))
+    record = to_record(shared, srv.fp16_transport)
+    messages = list(configure(server_round, record, ConfigRecord(config), grid))
+    tally.sent(messages)
+    sent_at = time.time()
+    replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+    received_at = time.time()
+    kind = "train" if purpose == "sample" else "evaluate"
+    missing = _missing(messages, replies, server_round, kind)
+    return Exchanged(messages, replies, sent_at, received_at, missing)
+
+
+def wire_copy(shared: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:
+    """The shared state as the clients receive it (fp16-rounded with fp16 transport), fp32:
+    what an update's distance is measured from."""
+    dtype = torch.float16 if fp16 else torch.float32
+    return {k: v.detach().cpu().to(dtype).float() for k, v in shared.items()}
 
 
 def train_phase(
@@ -127,45 +145,25 @@ def train_phase(
     returns the new shared state, the phase's record fields and, when ``evaluate_round`` asked
     the clients to evaluate the state they received first, that round's evaluation fields."""
     srv = cfg.server
-    config = ConfigRecord({"experiment": run.experiment_id})
+    config: dict[str, Any] = {EXPERIMENT: run.experiment_id}
     if evaluate_round is not None:
         config[EVALUATE_ROUND] = evaluate_round
         if needs_zeroshot(run):
-            config[ZEROSHOT_KEY] = True
-    # Node sampling (FedAvg uses `random`) seeded per round, so a replay samples alike.
-    random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample"))
+            config[ZEROSHOT] = True
     trainer = dp if dp is not None else strategy
-    messages = list(
-        trainer.configure_train(
-            server_round, to_record(shared, srv.fp16_transport), ConfigRecord(config), grid
-        )
-    )
-    tally.payload = payload_bytes(messages[0].content) if messages else 0
-    tally.sent(messages)
-    sent_at = time.time()
-    replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
-    received_at = time.time()
-    missing = _missing(messages, replies, server_round, "train")
-    if dp is None:
-        arrays, metrics = strategy.aggregate_train(server_round, replies)
-        rep = strategy.train_report
-    else:
-        # The DP wrapper clips whatever it is given and skips the round on any error reply:
-        # give it only replies that passed validation, and keep the report on the others.
-        valid, pre = strategy.prescreen(replies)
-        dp.num_sampled_clients = max(1, len(messages))
+    ex = exchange(grid, cfg, trainer.configure_train, shared, server_round, config, tally, "sample")
+    tally.payload = payload_bytes(ex.messages[0].content) if ex.messages else 0
+    if dp is not None:
+        dp.num_sampled_clients = max(1, len(ex.messages))
         np.random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "dp-noise"))
-        arrays, metrics = dp.aggregate_train(server_round, valid)
-        rep = strategy.train_report
-        rep.failed += pre.failed
-        rep.rejected = pre.rejected + rep.rejected
-        rep.bytes_from = {**pre.bytes_from, **rep.bytes_from}
-        rep.reply_array_keys |= pre.reply_array_keys
-    rep.failed += missing
+    sent = wire_copy(shared, srv.fp16_transport)
+    outcome = strategy.train_outcome(server_round, ex.replies, ex.messages, sent, dp)
+    rep = outcome.report
+    rep.failed += ex.missing
     if rep.ok < srv.min_replies:
         err = RoundFailedError(
             f"round {server_round} failed: {rep.ok} valid training repl"
-            f"{'y' if rep.ok == 1 else 'ies'} of {len(messages)} sent (failed {rep.failed}, "
+            f"{'y' if rep.ok == 1 else 'ies'} of {len(ex.messages)} sent (failed {rep.failed}, "
             f"rejected {len(rep.rejected)}; reasons: "
             f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.min_replies}. "
             f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
@@ -176,15 +174,16 @@ def train_phase(
     tally.absorb(rep)
     fields: dict[str, Any] = {
         "clients_ok": rep.ok,
-        "train_sent_at": sent_at,
-        "train_received_at": received_at,
+        "train_sent_at": ex.sent_at,
+        "train_received_at": ex.received_at,
     }
     evaluation = None
     if evaluate_round is not None:
-        evaluation = _fused_evaluation(strategy, server_round, replies, srv.global_eval)
-    if arrays is not None:
-        shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
-        fields["train_loss"] = float(metrics["train-loss"]) if metrics else None
+        fused = strategy.evaluation_outcome(ex.replies, ex.messages, fused=True)
+        evaluation = _fused_fields(fused, srv.global_eval)
+    if outcome.shared is not None:
+        shared = outcome.shared
+        fields["train_loss"] = outcome.train_loss
     else:
         log.warning(
             "round %d: no valid training reply; the shared prompt is unchanged", server_round
@@ -192,24 +191,26 @@ def train_phase(
     return shared, fields, evaluation
 
 
-def _fused_evaluation(
-    strategy: SharedPromptFedAvg, server_round: int, replies: list, global_eval: str
-) -> dict[str, Any] | None:
+def _eval_fields(outcome: EvaluationOutcome, global_eval: str) -> dict[str, Any]:
+    """A round's evaluation fields; the clients' global accuracy only when they score it."""
+    fields = dict(outcome.fields or {})
+    if global_eval != "client":
+        fields.pop("global_accuracy", None)
+    return fields
+
+
+def _fused_fields(outcome: EvaluationOutcome, global_eval: str) -> dict[str, Any]:
     """The previous round's evaluation fields from this round's training replies."""
-    metrics = strategy.aggregate_fused_evaluate(server_round, replies)
-    rep = strategy.eval_report
-    if metrics is None:
+    if outcome.fields is None:
         return {"evaluated": False, "evaluation": "fused-missing", "clients_evaluated": 0}
-    per_client = {}
-    for pid, values in rep.per_client.items():
-        per_client[str(pid)] = {k: v for k, v in values.items() if k != "node"}
+    rep = outcome.report
     return {
-        **_eval_fields(metrics, global_eval),
+        **_eval_fields(outcome, global_eval),
         "evaluated": True,
         "evaluation": "fused",
         "clients_evaluated": rep.ok,
         "eval_rejected": rep.rejected,
-        "per_client": per_client,
+        "per_client": {str(pid): _public(v) for pid, v in rep.per_client.items()},
     }
 
 
@@ -224,34 +225,41 @@ def evaluate_phase(
 ) -> dict[str, Any]:
     """Ask the clients to score the global state (personalised with their private parts), and
     the first time in a run also the frozen zero-shot model; returns the record fields."""
-    srv = cfg.server
-    random.seed(derive_seed(cfg.core.train.seed, server_round, -1, "sample-eval"))
-    eval_config = ConfigRecord({"experiment": run.experiment_id})
+    config: dict[str, Any] = {EXPERIMENT: run.experiment_id}
     if needs_zeroshot(run):
-        eval_config[ZEROSHOT_KEY] = True
-    messages = list(
-        strategy.configure_evaluate(
-            server_round, to_record(shared, srv.fp16_transport), eval_config, grid
-        )
+        config[ZEROSHOT] = True
+    ex = exchange(
+        grid,
+        cfg,
+        strategy.configure_evaluate,
+        shared,
+        server_round,
+        config,
+        tally,
+        "sample-eval",
     )
-    tally.sent(messages)
-    sent_at = time.time()
-    replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
-    received_at = time.time()
-    missing = _missing(messages, replies, server_round, "evaluate")
-    metrics = strategy.aggregate_evaluate(server_round, replies)
-    rep = strategy.eval_report
-    tally.absorb(rep, missing)
+    outcome = strategy.evaluation_outcome(ex.replies, ex.messages)
+    tally.absorb(outcome.report, ex.missing)
     fields: dict[str, Any] = {
-        "clients_ok": rep.ok,
-        "eval_sent_at": sent_at,
-        "eval_received_at": received_at,
+        "clients_ok": outcome.report.ok,
+        "eval_sent_at": ex.sent_at,
+        "eval_received_at": ex.received_at,
+        **_eval_fields(outcome, cfg.server.global_eval),
     }
-    if metrics is not None:
-        fields.update(_eval_fields(metrics, srv.global_eval))
-    if srv.global_eval == "server":
+    if cfg.server.global_eval == "server":
         fields.update(server_global_eval(cfg, shared))
     return fields
+
+
+def server_global_eval(cfg: AppConfig, shared: dict[str, torch.Tensor]) -> dict[str, Any]:
+    res = global_evaluate(cfg.core, shared, cfg.client.on_corrupt)
+    return {"global_accuracy": res.accuracy, "global_loss": res.loss}
+
+
+def needs_zeroshot(run: RunDir) -> bool:
+    """The frozen model's zero-shot accuracy is asked for once per run, with the first
+    evaluation (the reference every later accuracy is compared with, on the same images)."""
+    return not any(_finite(m.get("zeroshot_accuracy")) for m in run.read_metrics())
 
 
 def _finite(value: Any) -> bool:

@@ -1,5 +1,5 @@
-"""FedAvg over the shared prompt only, with every reply validated before it can be averaged in
-(the rules: server_app/reply_rules.py).
+"""FedAvg over the shared prompt only, with every reply validated once before it can be averaged
+in (the rules: server_app/reply_rules.py).
 
 The strategy is Flower's FedAvg with the message contents narrowed to the method's shared keys.
 A reply is dropped (logged and counted, never averaged) when it has an error, lacks a positive
@@ -10,9 +10,13 @@ pass, a training update whose L2 distance from the prompt sent this round exceed
 second reply claiming a partition already seen this round or a partition id out of range.
 
 Example counts weight the average, so a client could inflate its ``num-examples`` to dominate it:
-a claim above what the server knows the partition holds (``expected_*_examples``, from the
-federation when the server can list it) is rejected; where the server cannot know (``local``
-partitions), a claim above ``max_examples_ratio`` x the round's (lower) median claim is rejected.
+a claim above what the server knows the partition holds (``limits``, from the federation when the
+server can list it) is rejected; where the server cannot know (``local`` partitions), a claim
+above ``max_examples_ratio`` x the round's (lower) median claim is rejected.
+
+The strategy returns what it measured: :meth:`train_outcome` (the averaged tensors, the mean
+loss, the round report) and :meth:`evaluation_outcome` (the averaged accuracies and the report).
+Flower's ``aggregate_train`` stays for the DP wrappers, which clip the replies and call it.
 
 An error reply that the SuperLink made up for a node that never answered (node offline: missed
 heartbeats, reply expired) is logged here but not counted: the round loop counts that node as
@@ -21,8 +25,8 @@ heartbeats, reply expired) is logged here but not counted: the round loop counts
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +37,11 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from protocol.messages import EVAL_METRICS, METRICS, content_bytes, from_record
+from protocol.keys import ARRAYS, EVAL_METRICS, METRICS, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS
+from protocol.messages import content_bytes, from_record
 from server_app.aggregate import weighted_average, weighted_mean
-from server_app.reply_rules import NUM_EXAMPLES, ReplyRules
-from task.data.source import data_source
+from server_app.reply_rules import Reply, ReplyRules
+from task.data.source import ExampleLimits
 
 log = logging.getLogger(__name__)
 # Errors the SuperLink itself returns (src node = the SuperLink) when no reply can come.
@@ -49,7 +54,7 @@ _LINK_ERRORS = (
 
 @dataclass
 class RoundReport:
-    """What happened to the replies of one round (written to metrics.jsonl)."""
+    """What happened to the replies of one phase (written to metrics.jsonl)."""
 
     ok: int = 0
     failed: int = 0
@@ -57,6 +62,47 @@ class RoundReport:
     per_client: dict[int, dict[str, Any]] = field(default_factory=dict)
     reply_array_keys: set[str] = field(default_factory=set)
     bytes_from: dict[int, int] = field(default_factory=dict)  # node id -> reply bytes
+
+    def reject(self, msg: Message, reason: str) -> None:
+        pid = None
+        if msg.has_content():
+            pid = msg.content.metric_records.get(METRICS, {}).get(PARTITION_ID)
+        self.rejected.append({"node": msg.metadata.src_node_id, "partition": pid, "reason": reason})
+
+
+@dataclass
+class Screening:
+    """The replies of one phase that passed validation (by partition), and the report."""
+
+    kept: list[Reply]
+    report: RoundReport
+
+    def drop(self, outliers: list[tuple[Message, str]]) -> None:
+        """Move replies an outlier rule refused from ``kept`` to the report's rejections."""
+        gone = {id(msg) for msg, _ in outliers}
+        self.kept = [r for r in self.kept if id(r.msg) not in gone]
+        for msg, reason in outliers:
+            log.warning("round reply from node %d rejected: %s", msg.metadata.src_node_id, reason)
+            self.report.reject(msg, reason)
+            self.report.ok -= 1
+
+
+@dataclass
+class TrainOutcome:
+    """A training phase: the new shared state (None: no valid reply), its mean loss, report."""
+
+    shared: dict[str, torch.Tensor] | None
+    train_loss: float | None
+    report: RoundReport
+    num_examples: int | float = 0  # summed over the replies averaged in
+
+
+@dataclass
+class EvaluationOutcome:
+    """An evaluation phase: example-weighted accuracies (None: no valid reply), report."""
+
+    fields: dict[str, float] | None
+    report: RoundReport
 
 
 class SharedPromptFedAvg(FedAvg):
@@ -69,42 +115,37 @@ class SharedPromptFedAvg(FedAvg):
         max_norm_ratio: float = 0.0,
         num_partitions: int | None = None,
         max_examples_ratio: float = 0.0,
-        expected_train_examples: Mapping[int, int] | None = None,
-        expected_eval_examples: Mapping[int, int] | None = None,
+        limits: ExampleLimits | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
         self.shared_shapes = dict(shared_shapes)
+        self.wire_dtype = torch.float16 if fp16_transport else torch.float32
+        limits = limits or ExampleLimits()
         self.rules = ReplyRules(
             self.shared_shapes,
-            torch.float16 if fp16_transport else torch.float32,
+            self.wire_dtype,
             num_partitions,
             float(max_norm_ratio),
             float(max_examples_ratio),
             # Largest honest num-examples per partition, when the server knows the partitioning.
-            {True: dict(expected_train_examples or {}), False: dict(expected_eval_examples or {})},
+            {True: dict(limits.train), False: dict(limits.evaluate)},
         )
-        self.configured: list[Message] = []  # this phase's messages (ids set once pushed)
-        self.sent: dict[str, torch.Tensor] = {}  # the shared prompt sent in this round (fp32)
-        self.train_report = RoundReport()
-        self.eval_report = RoundReport()
+        # The DP wrapper's call back into aggregate_train needs this round's screening.
+        self._dp_round: tuple[Screening, Mapping[str, torch.Tensor]] | None = None
 
     # -- sending ------------------------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """As FedAvg, but the record never holds anything besides the shared keys."""
-        arrays = self._only_shared(arrays)
-        self.sent = {k: v.float() for k, v in from_record(arrays).items()}
-        self.configured = list(super().configure_train(server_round, arrays, config, grid))
-        return self.configured
+        return list(super().configure_train(server_round, self._only_shared(arrays), config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         arrays = self._only_shared(arrays)
-        self.configured = list(super().configure_evaluate(server_round, arrays, config, grid))
-        return self.configured
+        return list(super().configure_evaluate(server_round, arrays, config, grid))
 
     def _only_shared(self, arrays: ArrayRecord) -> ArrayRecord:
         extra = set(arrays) - set(self.shared_shapes)
@@ -113,22 +154,18 @@ class SharedPromptFedAvg(FedAvg):
         return arrays
 
     # -- receiving ----------------------------------------------------------------------------
-    def validate_reply(
-        self, msg: Message, train: bool, content: RecordDict | None = None
-    ) -> tuple[dict | None, str | None]:
-        """(shared tensors or {}, None) for a usable reply, (None, reason) otherwise."""
-        return self.rules.validate(msg, train, content)
-
-    def _screen(
+    def screen(
         self,
         replies: Iterable[Message],
         train: bool,
+        sent: list[Message] | None = None,
         view: Callable[[Message], RecordDict | None] | None = None,
-    ) -> tuple[list, RoundReport]:
-        """Validate replies; ``view`` picks the content to judge from each reply (None: skip
-        it) and marks a second look at replies already counted (no bytes, no failures)."""
+    ) -> Screening:
+        """Validate each reply once. ``view`` picks the content to judge from each reply (None:
+        skip it) and marks a second look at replies already counted (no bytes, no failures);
+        ``sent``: this phase's messages (to name the node of a reply the SuperLink made up)."""
         report = RoundReport()
-        kept = []
+        kept: list[Reply] = []
         seen: set[int] = set()
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -137,35 +174,34 @@ class SharedPromptFedAvg(FedAvg):
                 content = None if msg.has_error() else view(msg)
                 if content is None:
                     continue
-            elif self._from_link(msg):
+            elif self._from_link(msg, sent or []):
                 continue
             else:
                 report.bytes_from[node] = content_bytes(msg)
                 if msg.has_content():
                     for rec in msg.content.array_records.values():
                         report.reply_array_keys.update(rec)
-            tensors, reason = self.validate_reply(msg, train, content)
-            if reason is None:
-                content = msg.content if content is None else content
-                pid = content.metric_records[METRICS]["partition-id"]
-                if pid in seen:
-                    reason = f"duplicate partition-id {pid} in this round"
-                seen.add(pid)
+            reply, reason = self.rules.validate(msg, train, content)
+            if reply is not None:
+                if reply.partition_id in seen:
+                    reason = f"duplicate partition-id {reply.partition_id} in this round"
+                seen.add(reply.partition_id)
             if reason is not None:
                 kind = "failed" if msg.has_error() else "rejected"
                 log.warning("round reply from node %d %s: %s", node, kind, reason)
                 if msg.has_error():
                     report.failed += 1
                 else:
-                    self._reject(report, msg, reason)
+                    report.reject(msg, reason)
                 continue
             report.ok += 1
-            kept.append((msg, tensors, dict(content.metric_records[METRICS])))
+            kept.append(reply)
         # Deterministic order (by partition) so float sums do not depend on arrival order.
-        kept.sort(key=lambda item: (item[2].get("partition-id", -1), item[0].metadata.src_node_id))
-        return kept, report
+        kept.sort(key=lambda r: (r.partition_id, r.node))
+        return Screening(kept, report)
 
-    def _from_link(self, msg: Message) -> bool:
+    @staticmethod
+    def _from_link(msg: Message, sent: list[Message]) -> bool:
         """An error the SuperLink returned in place of a node's reply (the node never answered:
         offline after missed heartbeats, or its reply expired). Logged; the round loop counts
         the node as missing, so it is not counted here (that would count it twice)."""
@@ -177,8 +213,7 @@ class SharedPromptFedAvg(FedAvg):
             return False
         reply_to = msg.metadata.reply_to_message_id
         dst = next(
-            (m.metadata.dst_node_id for m in self.configured if m.metadata.message_id == reply_to),
-            None,
+            (m.metadata.dst_node_id for m in sent if m.metadata.message_id == reply_to), None
         )
         log.warning(
             "round reply from node %s failed: the SuperLink answered for it: %s",
@@ -187,114 +222,113 @@ class SharedPromptFedAvg(FedAvg):
         )
         return True
 
-    @staticmethod
-    def _reject(report: RoundReport, msg: Message, reason: str) -> None:
-        pid = None
-        if msg.has_content():
-            pid = msg.content.metric_records.get(METRICS, {}).get("partition-id")
-        node = msg.metadata.src_node_id
-        report.rejected.append({"node": node, "partition": pid, "reason": reason})
-
-    def prescreen(self, replies: Iterable[Message], train: bool = True) -> tuple[list, RoundReport]:
-        """The replies that pass validation, and the report on the others (for DP wrappers,
-        which must only ever see well-formed replies: they clip and fail on anything else)."""
-        replies = list(replies)
-        kept, report = self._screen(replies, train)
-        ids = {id(msg) for msg, _, _ in kept}
-        return [m for m in replies if id(m) in ids], report
-
-    def _drop(self, report: RoundReport, outliers: list[tuple[Message, str]]) -> None:
-        for msg, reason in outliers:
-            log.warning("round reply from node %d rejected: %s", msg.metadata.src_node_id, reason)
-            self._reject(report, msg, reason)
-            report.ok -= 1
+    # -- training -----------------------------------------------------------------------------
+    def train_outcome(
+        self,
+        server_round: int,
+        replies: list[Message],
+        sent_messages: list[Message],
+        sent: Mapping[str, torch.Tensor],
+        dp: Any = None,
+    ) -> TrainOutcome:
+        """Screen the training replies once and average the valid ones (through Flower's DP
+        wrapper when ``dp``: it clips them and adds noise to the average)."""
+        screening = self.screen(replies, train=True, sent=sent_messages)
+        if dp is None:
+            shared, loss = self._average(screening, sent)
+            total = sum(r.num_examples for r in screening.kept)
+            return TrainOutcome(shared, loss, screening.report, total)
+        # The DP wrapper clips whatever it is given and skips the round on any error reply:
+        # give it only replies that passed validation.
+        self._dp_round = (screening, sent)
+        try:
+            arrays, metrics = dp.aggregate_train(server_round, [r.msg for r in screening.kept])
+        finally:
+            self._dp_round = None
+        if arrays is None:
+            return TrainOutcome(None, None, screening.report)
+        shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
+        total = metrics[NUM_EXAMPLES]
+        return TrainOutcome(shared, float(metrics[TRAIN_LOSS]), screening.report, total)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Example-weighted average of the valid replies' shared tensors (fp32)."""
-        kept, report = self._screen(replies, train=True)
-        kept, inflated = self.rules.claim_outliers(kept, train=True)
-        self._drop(report, inflated)
-        kept, outliers = self.rules.norm_outliers(kept, self.sent)
-        self._drop(report, outliers)
-        self.train_report = report
+        """Flower's hook (called by the DP wrappers with the replies they clipped): the
+        example-weighted average of the valid replies' shared tensors (fp32)."""
+        replies = list(replies)
+        if self._dp_round is None:
+            screening, sent = self.screen(replies, train=True), {}
+        else:  # already screened: read the clipped tensors of the same replies
+            screening, sent = self._dp_round
+            by_id = {id(m): m for m in replies}
+            screening.kept = [
+                dataclasses.replace(r, tensors=from_record(by_id[id(r.msg)].content[ARRAYS]))
+                for r in screening.kept
+                if id(r.msg) in by_id
+            ]
+        shared, loss = self._average(screening, sent)
+        if shared is None:
+            return None, None
+        total = sum(r.num_examples for r in screening.kept)
+        return ArrayRecord(shared), MetricRecord({TRAIN_LOSS: loss, NUM_EXAMPLES: total})
+
+    def _average(
+        self, screening: Screening, sent: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor] | None, float | None]:
+        """Apply the round's outlier rules, then FedAvg the shared tensors of what is left."""
+        screening.drop(self.rules.claim_outliers(screening.kept, train=True)[1])
+        screening.drop(self.rules.norm_outliers(screening.kept, sent)[1])
+        kept = screening.kept
         if not kept:
             return None, None
-        for msg, _, m in kept:
-            pid = int(m.get("partition-id", -1))
-            report.per_client[pid] = {
-                "node": msg.metadata.src_node_id,
-                "num_train": int(m[NUM_EXAMPLES]),
-                "train_loss": float(m.get("train-loss", float("nan"))),
-                **_timings(m, "train"),
-            }
-        states = [(t, m[NUM_EXAMPLES]) for _, t, m in kept]
+        for r in kept:
+            screening.report.per_client[r.partition_id] = r.metrics.record_fields(r.node)
+        states = [(r.tensors, r.num_examples) for r in kept]
         averaged = weighted_average(states) if self.shared_shapes else {}
-        loss = weighted_mean([(m.get("train-loss"), m[NUM_EXAMPLES]) for _, _, m in kept])
-        metrics = MetricRecord({"train-loss": loss, NUM_EXAMPLES: sum(n for _, n in states)})
-        return ArrayRecord(averaged), metrics
+        loss = weighted_mean([(r.metrics.train_loss, r.num_examples) for r in kept])
+        return averaged, loss
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluation_outcome(
+        self, replies: list[Message], sent_messages: list[Message], fused: bool = False
+    ) -> EvaluationOutcome:
+        """Test-size-weighted personalised and shared-only accuracy of the evaluate replies, or
+        (``fused``: server.eval-mode=fused) of the evaluations that rode in training replies,
+        validated exactly as evaluate replies are; a fused report counts only the replies that
+        carried one (the train report already counted bytes and failures)."""
+        view = _fused_evaluation if fused else None
+        screening = self.screen(replies, train=False, sent=sent_messages, view=view)
+        screening.drop(self.rules.claim_outliers(screening.kept, train=False)[1])
+        kept = screening.kept
+        if not kept:
+            return EvaluationOutcome(None, screening.report)
+        weights = [r.num_examples for r in kept]
+        metrics = [r.metrics for r in kept]
+        out = {
+            "personalised_accuracy": _mean([m.personalised_accuracy for m in metrics], weights),
+            "global_accuracy": _mean([m.global_accuracy for m in metrics], weights),
+            "personalised_loss": _mean([m.personalised_loss for m in metrics], weights),
+        }
+        if all(m.zeroshot_accuracy is not None for m in metrics):
+            out["zeroshot_accuracy"] = _mean([m.zeroshot_accuracy for m in metrics], weights)
+        for r in kept:
+            screening.report.per_client[r.partition_id] = r.metrics.record_fields(r.node)
+        return EvaluationOutcome(out, screening.report)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Test-size-weighted personalised and shared-only accuracy, plus per-client values."""
-        return self._aggregate_evaluation(*self._screen(replies, train=False))
-
-    def aggregate_fused_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """The evaluations that rode in this round's training replies (server.eval-mode=fused):
-        validated and averaged exactly as evaluate replies are; ``eval_report`` counts only the
-        replies that carried one (the train report already counted bytes and failures)."""
-
-        def evaluation(msg: Message) -> RecordDict | None:
-            record = msg.content.metric_records.get(EVAL_METRICS) if msg.has_content() else None
-            return None if record is None else RecordDict({METRICS: record})
-
-        return self._aggregate_evaluation(*self._screen(replies, train=False, view=evaluation))
-
-    def _aggregate_evaluation(self, kept: list, report: RoundReport) -> MetricRecord | None:
-        kept, inflated = self.rules.claim_outliers(kept, train=False)
-        self._drop(report, inflated)
-        self.eval_report = report
-        if not kept:
-            return None
-        out: dict[str, float] = {}
-        for key in ("personalised-accuracy", "global-accuracy", "personalised-loss"):
-            out[key] = weighted_mean([(m.get(key), m[NUM_EXAMPLES]) for _, _, m in kept])
-        out[NUM_EXAMPLES] = int(sum(m[NUM_EXAMPLES] for _, _, m in kept))
-        if all("zeroshot-accuracy" in m for _, _, m in kept):
-            pairs = [(m["zeroshot-accuracy"], m[NUM_EXAMPLES]) for _, _, m in kept]
-            out["zeroshot-accuracy"] = weighted_mean(pairs)
-        for msg, _, m in kept:
-            report.per_client[int(m.get("partition-id", -1))] = {
-                "node": msg.metadata.src_node_id,
-                "num_test": int(m[NUM_EXAMPLES]),
-                "personalised_accuracy": float(m.get("personalised-accuracy", float("nan"))),
-                "global_accuracy": float(m.get("global-accuracy", float("nan"))),
-                **_timings(m, "eval"),
-            }
-        return MetricRecord(out)
+        """Flower's hook: the evaluation averages as a MetricRecord."""
+        outcome = self.evaluation_outcome(list(replies), [])
+        return None if outcome.fields is None else MetricRecord(outcome.fields)
 
 
-def _timings(metrics: Mapping[str, Any], phase: str) -> dict[str, float]:
-    """A reply's ``time-*`` seconds as ``<phase>_<name>_s`` and its ``at-*`` wall-clock marks
-    as ``<phase>_at_<name>`` (bench.simulation and bench.deploy_overhead split rounds)."""
-    out = {}
-    for k, v in metrics.items():
-        if not (isinstance(v, int | float) and math.isfinite(v)):
-            continue
-        if k.startswith("time-"):
-            out[f"{phase}_{k[5:]}_s"] = float(v)
-        elif k.startswith("at-"):
-            out[f"{phase}_at_{k[3:]}"] = float(v)
-    return out
+def _fused_evaluation(msg: Message) -> RecordDict | None:
+    """The evaluation a training reply carries (server.eval-mode=fused), as an evaluate reply."""
+    record = msg.content.metric_records.get(EVAL_METRICS) if msg.has_content() else None
+    return None if record is None else RecordDict({METRICS: record})
 
 
-def expected_examples(core: Any) -> dict[str, dict[int, int]]:
-    """``expected_train_examples`` / ``expected_eval_examples`` for SharedPromptFedAvg: the most
-    examples each partition can honestly report (train: max(1, epochs) x its train split, as
-    task.local.train counts them; evaluate: its test split), when the server can list the federation
-    (every partitioner but ``local``, whose images live only on the nodes). Empty otherwise."""
-    return data_source(core.data).expected_examples(core.train.epochs)
+def _mean(values: list[float], weights: list[int | float]) -> float:
+    return weighted_mean(list(zip(values, weights, strict=True)))

@@ -134,6 +134,23 @@ class DataConfig:
                 f"must be >= 2, got {self.min_client_size}",
                 "every client needs >= 1 train and >= 1 test image; use >= 2",
             )
+        self._validate_splits()
+        names = self.class_name_list()  # checks the entries even when not required
+        if local:
+            self._validate_local(names)
+        elif names and self.cross:
+            raise _err(
+                "class-names",
+                "cannot be combined with data.cross (its label space is the harmonised union)",
+                "leave data.class-names empty for cross-dataset federations",
+            )
+        if self.verify not in VERIFY_MODES:
+            raise _err("verify", f"unknown mode {self.verify!r}", f"use {VERIFY_MODES}")
+        if self.cross:
+            self._validate_cross()
+
+    def _validate_splits(self) -> None:
+        """Test and validation fractions, and which split a run is scored on."""
         if not 0.0 < self.test_fraction < 1.0:
             raise _err(
                 "test-fraction", f"must be in (0, 1), got {self.test_fraction}", "use e.g. 0.2"
@@ -150,35 +167,26 @@ class DataConfig:
                 "'val' needs a validation split but data.val-fraction is 0",
                 "set data.val-fraction > 0 (e.g. 0.2) or data.holdout=test",
             )
-        names = self.class_name_list()  # checks the entries even when not required
-        if local:
-            self._validate_local(names)
-        elif names and self.cross:
+
+    def _validate_cross(self) -> None:
+        """data.cross: the member datasets' client counts add up; roots name members."""
+        groups = self.cross_groups()
+        total = sum(k for _, k in groups)
+        if total != self.num_clients:
             raise _err(
-                "class-names",
-                "cannot be combined with data.cross (its label space is the harmonised union)",
-                "leave data.class-names empty for cross-dataset federations",
+                "num-clients",
+                f"is {self.num_clients} but data.cross={self.cross!r} asks for {total}",
+                f"set data.num-clients={total}",
             )
-        if self.verify not in VERIFY_MODES:
-            raise _err("verify", f"unknown mode {self.verify!r}", f"use {VERIFY_MODES}")
-        if self.cross:
-            groups = self.cross_groups()
-            total = sum(k for _, k in groups)
-            if total != self.num_clients:
+        names = [n for n, _ in groups]
+        for name, _ in self.cross_root_map().items():
+            if name not in names:
                 raise _err(
-                    "num-clients",
-                    f"is {self.num_clients} but data.cross={self.cross!r} asks for {total}",
-                    f"set data.num-clients={total}",
+                    "cross-roots",
+                    f"names {name!r}, which is not in data.cross",
+                    f"use only {names}",
                 )
-            names = [n for n, _ in groups]
-            for name, _ in self.cross_root_map().items():
-                if name not in names:
-                    raise _err(
-                        "cross-roots",
-                        f"names {name!r}, which is not in data.cross",
-                        f"use only {names}",
-                    )
-            self.cross_alias_map()
+        self.cross_alias_map()
 
     def _validate_local(self, names: list[str]) -> None:
         """partitioner=local: each node reads its own folder, so the run config names no data."""

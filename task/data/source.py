@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 
 from task.config import ConfigError
 from task.config.data import DataConfig
@@ -22,6 +23,15 @@ from task.data.federation import (
     build_federation,
     build_local_federation,
 )
+
+
+@dataclass(frozen=True)
+class ExampleLimits:
+    """Partition -> the most examples it can honestly report (empty: the server cannot know)."""
+
+    train: dict[int, int] = field(default_factory=dict)
+    evaluate: dict[int, int] = field(default_factory=dict)
+
 
 _FEDERATIONS: dict[str, Federation] = {}
 
@@ -59,15 +69,15 @@ class ServerListed:
         fed = self.federation()
         return fed, fed.client(partition_id)
 
-    def expected_examples(self, epochs: int) -> dict[str, dict[int, int]]:
+    def example_limits(self, epochs: int) -> ExampleLimits:
         """The most examples each partition can honestly report: train max(1, epochs) x its
         train split (as task.local.train counts them), evaluate its test split."""
         fed = self.federation()
         epochs = max(1, int(epochs))
-        return {
-            "expected_train_examples": {c.client_id: epochs * len(c.train) for c in fed.clients},
-            "expected_eval_examples": {c.client_id: len(c.test) for c in fed.clients},
-        }
+        return ExampleLimits(
+            train={c.client_id: epochs * len(c.train) for c in fed.clients},
+            evaluate={c.client_id: len(c.test) for c in fed.clients},
+        )
 
 
 class NodeLocal:
@@ -97,8 +107,8 @@ class NodeLocal:
         fed = get_local_federation(self.cfg, self.node_root, partition_id)
         return fed, fed.client(partition_id)
 
-    def expected_examples(self, epochs: int) -> dict[str, dict[int, int]]:
-        return {}  # the server cannot list the nodes' folders: counts are bounded by ratio
+    def example_limits(self, epochs: int) -> ExampleLimits:
+        return ExampleLimits()  # the server cannot list the nodes' folders: bounded by ratio
 
 
 def data_source(cfg: DataConfig, node_root: str = "") -> ServerListed | NodeLocal:

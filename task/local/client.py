@@ -89,6 +89,9 @@ class FederatedClient:
 class PromptClient(FederatedClient):
     """Shared and private context vectors over cached frozen image features."""
 
+    # (key, learner, private round) an evaluation built and left untouched (see learner()).
+    _unused: tuple[tuple[int, int], PromptLearner, int | None] | None = None
+
     def features(self, split: str) -> FeatureSet:
         """This client's cached image features (extracted on first use); the time it took is
         added to ``feature_seconds`` so replies can split a round's cost (bench.simulation)."""
@@ -108,7 +111,17 @@ class PromptClient(FederatedClient):
     def learner(
         self, shared: Mapping[str, torch.Tensor], max_private_round: int
     ) -> tuple[PromptLearner, int | None]:
-        """Learner with the server's shared prompt and the newest private version <= round."""
+        """Learner with the server's shared prompt and the newest private version <= round.
+
+        A fused message evaluates round r's model and then trains round r + 1 from the same
+        shared prompt and the same private version: the learner the evaluation built (and did
+        not change) is handed to training once, instead of building it and reading and checking
+        the private prompt a second time."""
+        key = (id(shared), max_private_round)
+        if self._unused is not None and self._unused[0] == key:
+            _, learner, private_round = self._unused
+            self._unused = None
+            return learner, private_round
         seed = derive_seed(self.cfg.train.seed, 0, self.partition_id, "init")
         learner = self.method.build_learner(
             self.backbone, self.fed.class_names, self.cfg.prompt, seed=seed
@@ -159,6 +172,7 @@ class PromptClient(FederatedClient):
         if not self.method.trains:
             return ClientEval(zeroshot, zeroshot, None, zeroshot)
         learner, private_round = self.learner(shared, server_round)
+        self._unused = ((id(shared), server_round), learner, private_round)
         text = prompt_features(learner)
         head = self.method.head_for(self.cfg.loss)
         personal = evaluate(

@@ -44,6 +44,10 @@ class PrivateStoreError(RuntimeError):
 class PrivateStore:
     """The versions of one client's private prompt within one experiment."""
 
+    # Called with the complete temporary file just before the rename: a test seam for a crash
+    # mid-write (testkit.faults sets it; an instance may set its own).
+    before_replace: Callable[[Path], None] | None = None
+
     def __init__(
         self,
         base_dir: str | Path,
@@ -59,8 +63,6 @@ class PrivateStore:
         self.dir = Path(base_dir).expanduser() / safe / f"client-{int(partition_id)}"
         self.partition_id = int(partition_id)
         self.on_corrupt = on_corrupt
-        # Called with the complete temporary file just before the rename (fault injection).
-        self.before_replace: Callable[[Path], None] | None = None
 
     def path(self, server_round: int) -> Path:
         return self.dir / f"private-r{server_round:05d}.safetensors"

@@ -7,14 +7,14 @@ log domain, by ``ot.batch.solve_batch``). All images x classes are one batch of 
 
 Gradients use the envelope theorem: the plan is computed without gradients and then held fixed,
 which is the exact gradient of the entropic OT value ``W = <T*, C> - lambda H(T*)``
-(checked with torch.autograd.gradcheck in tests/task/test_ot.py).
+(checked with torch.autograd.gradcheck in tests/task/methods/test_ot.py).
 
 Unbalanced option (``marginal_reg`` = rho > 0, FedOTP-style relaxation): the two marginal
 constraints become KL penalties, ``min_T <T, C> + lambda sum T log T + rho KL~(T1 | a) +
 rho KL~(T^T 1 | b)`` (KL~ the generalised KL). POT's unbalanced solvers are not batched, so
-``unbalanced_sinkhorn_plan`` is a batched log-domain version of the same scaling iterations, checked
-against ``ot.unbalanced.sinkhorn_unbalanced`` in tests/task/test_baselines.py. As rho -> inf it is
-the balanced problem.
+``unbalanced_sinkhorn_plan`` is a batched log-domain version of the same scaling iterations,
+checked against ``ot.unbalanced.sinkhorn_unbalanced`` in tests/task/methods/test_baselines.py.
+As rho -> inf it is the balanced problem.
 """
 
 from __future__ import annotations

@@ -86,8 +86,19 @@ class PromptLearner(nn.Module):
         # by default: on CPU the extra small tower calls cost more than the padding they save
         # (UC Merced's names: 8.6 tokens mean, 10 max; bench.local_step's "length buckets").
         self.bucket_by_length = False
-        tok = backbone.tokenizer
         tower = backbone.text
+        self._frozen_tokens(backbone.tokenizer, tower)
+        self._init_parameters(backbone.tokenizer, tower, with_shared, with_private, seed)
+        longest = self.prefix_embeds.shape[1] + self._personal_ctx_len() + self.longest_suffix
+        if longest > tower.max_positions:
+            raise ConfigError(
+                f"prompts need {longest} tokens, more than the text tower's "
+                f"{tower.max_positions}; lower prompt.n-ctx or shorten class names"
+            )
+
+    def _frozen_tokens(self, tok: object, tower: TextTower) -> None:
+        """The frozen token embeddings around the context: prefix, class-name suffixes (and
+        their lengths, grouped for length buckets), FedPGP's hand-crafted anchor phrase."""
         embedding = tower.token_embedding
         device = embedding.weight.device
         try:
@@ -101,12 +112,23 @@ class PromptLearner(nn.Module):
             self.register_buffer("prefix_embeds", embedding(prefix).unsqueeze(0), persistent=False)
             suffix = tokens.suffix.to(device)
             self.register_buffer("suffix_embeds", embedding(suffix), persistent=False)
+            anchor_ids = tok(self.cfg.init or ANCHOR_PHRASE, add_special_tokens=False).input_ids
+            anchor = embedding(torch.tensor(anchor_ids, device=device)).detach().clone()
         self.register_buffer("suffix_len", tokens.suffix_len.to(device), persistent=False)
+        self.register_buffer("anchor_ctx", anchor, persistent=False)
         self._buckets = [
             (int(n), (tokens.suffix_len == n).nonzero().flatten().to(device))
             for n in torch.unique(tokens.suffix_len).tolist()
         ]
 
+    def _init_parameters(
+        self, tok: object, tower: TextTower, with_shared: bool, with_private: bool, seed: int
+    ) -> None:
+        """S from the phrase (front-padded with noise), P from the phrase or noise, or FedPGP's
+        low-rank factors; one generator seeded by ``seed``, drawn in this order."""
+        cfg = self.cfg
+        embedding = tower.token_embedding
+        device = embedding.weight.device
         generator = torch.Generator().manual_seed(seed)
         phrase = self._phrase_embeds(tok, embedding)
         width = embedding.weight.shape[1]
@@ -122,16 +144,6 @@ class PromptLearner(nn.Module):
             use_phrase = cfg.private_init == "phrase"
             init = self._init_ctx(phrase if use_phrase else None, width, generator, device)
             self.private_ctx = nn.Parameter(init)
-        with torch.no_grad():
-            anchor_ids = tok(cfg.init or ANCHOR_PHRASE, add_special_tokens=False).input_ids
-            anchor = embedding(torch.tensor(anchor_ids, device=device)).detach().clone()
-        self.register_buffer("anchor_ctx", anchor, persistent=False)
-        longest = self.prefix_embeds.shape[1] + self._personal_ctx_len() + self.longest_suffix
-        if longest > tower.max_positions:
-            raise ConfigError(
-                f"prompts need {longest} tokens, more than the text tower's "
-                f"{tower.max_positions}; lower prompt.n-ctx or shorten class names"
-            )
 
     @property
     def encoder(self) -> TextTower:
@@ -235,7 +247,7 @@ class PromptLearner(nn.Module):
         masked): sequences are cut to their real length, and with ``bucket_by_length`` prompts
         of equal length are encoded together with no padding at all (one tower call per
         length). Otherwise (SigLIP), and with ``full_length``, every prompt is padded to the
-        tower's full length. tests/task/test_prompt_learner.py and test_backbone_families.py
+        tower's full length. tests/task/model/test_prompts.py and test_backbone_families.py
         check that each shortcut gives the same features and gradients.
         """
         tower = self.encoder

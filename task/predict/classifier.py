@@ -10,7 +10,7 @@ the prompts are encoded, so inference needs only the frozen image encoder:
   :func:`task.local.train.evaluate` does.
 * :class:`~task.predict.exported.ExportedClassifier` holds only the tensors the heads read.
 
-Both give the same logits for the same image features (tests/task/test_classifier.py).
+Both give the same logits for the same image features (tests/task/predict/test_classifier.py).
 """
 
 from __future__ import annotations

@@ -134,7 +134,6 @@ def check_data(
 ) -> list[Check]:
     """Checks 1-4 on the data section; ``build`` makes the federation (the ServerApp passes its
     cached task.data.source.get_federation so the listing is not repeated for round 1)."""
-    checks: list[Check] = []
     names = cfg.class_name_list()
     if cfg.partitioner == "local":
         detail = (
@@ -142,30 +141,53 @@ def check_data(
             "checks its own folder (node config data-root) when it starts"
         )
         return [Check("data", "data.class-names", True, detail)]
-    cross = bool(cfg.cross)
-    roots = cfg.cross_root_map()
-    groups = [(n, roots.get(n, "")) for n, _ in cfg.cross_groups()] if cross else []
-    groups = groups or [(cfg.dataset, cfg.root)]
-    folders: dict[str, list[str]] = {}
-    listings: dict[str, Listing] = {}
+    data = _DataChecks(cfg, names, build or build_federation)
+    checks: list[Check] = []
+    root_key = "data.cross-roots" if data.cross else "data.root"
+    if not _step(checks, "data root", root_key, data.list_roots):
+        return checks
+    if not data.cross and not _step(checks, "class mapping", "data.class-names", data.map_folders):
+        return checks
+    if not _step(checks, "images per class", root_key, data.count_images):
+        return checks
+    _step(checks, "federation", "data.num-clients", data.federate)
+    return checks
 
-    def list_roots() -> str:
+
+class _DataChecks:
+    """The data checks in order; each returns its detail line or raises (listings are shared:
+    the folders are listed once)."""
+
+    def __init__(
+        self, cfg: DataConfig, names: list[str], build: Callable[[DataConfig], Federation]
+    ) -> None:
+        self.cfg, self.names, self.build = cfg, names, build
+        self.cross = bool(cfg.cross)
+        roots = cfg.cross_root_map()
+        groups = [(n, roots.get(n, "")) for n, _ in cfg.cross_groups()] if self.cross else []
+        self.groups = groups or [(cfg.dataset, cfg.root)]
+        self.folders: dict[str, list[str]] = {}
+        self.listings: dict[str, Listing] = {}
+
+    def list_roots(self) -> str:
         found = []
-        for name, root in groups:
+        for name, root in self.groups:
             if root:
-                path, folders[name] = list_class_folders(root)
-                found.append(f"{path}: {len(folders[name])} class folders")
+                path, self.folders[name] = list_class_folders(root)
+                found.append(f"{path}: {len(self.folders[name])} class folders")
             else:  # a hub dataset: written out once under data.cache-dir, then listed
-                hub = cfg.hub_id if not cross else ""
-                listings[name] = load_listing(name, "", hub, cfg.cache_dir)
-                folders[name] = listings[name].folders
-                found.append(f"{listings[name].root} (hub copy): {len(folders[name])} classes")
+                hub = self.cfg.hub_id if not self.cross else ""
+                self.listings[name] = load_listing(name, "", hub, self.cfg.cache_dir)
+                self.folders[name] = self.listings[name].folders
+                found.append(
+                    f"{self.listings[name].root} (hub copy): {len(self.folders[name])} classes"
+                )
         return "; ".join(found)
 
-    def map_folders() -> str:
-        ((name, _),) = groups
-        if not names:
-            derived = [humanize(f, name) for f in folders[name]]
+    def map_folders(self) -> str:
+        ((name, _),) = self.groups
+        if not self.names:
+            derived = [humanize(f, name) for f in self.folders[name]]
             dupes = sorted({n for n in derived if derived.count(n) > 1})
             if dupes:
                 raise DataError(
@@ -173,7 +195,7 @@ def check_data(
                     "those folders, or name each folder's class in data.class-names "
                     "(folder=words entries)"
                 )
-            pairs = [f"{f} -> {n}" for f, n in zip(folders[name], derived, strict=True)]
+            pairs = [f"{f} -> {n}" for f, n in zip(self.folders[name], derived, strict=True)]
             note = ""
             if any(n[:1].isdigit() for n in derived):  # "01_Grassland": prompts would say "01"
                 note = (
@@ -181,19 +203,19 @@ def check_data(
                     "data.class-names folder=words entries (e.g. '01_Grassland=grassland')"
                 )
             return f"{len(derived)} classes from folder names ({_preview(pairs)}){note}"
-        to_index = match_folders(folders[name], names, name, cfg.class_folder_map())
-        pairs = [f"{f} -> {names[i]}" for f, i in to_index.items()]
-        return f"{len(to_index)} folders -> {len(names)} classes ({_preview(pairs)})"
+        to_index = match_folders(self.folders[name], self.names, name, self.cfg.class_folder_map())
+        pairs = [f"{f} -> {self.names[i]}" for f, i in to_index.items()]
+        return f"{len(to_index)} folders -> {len(self.names)} classes ({_preview(pairs)})"
 
-    def count_images() -> str:
+    def count_images(self) -> str:
         found = []
-        for name, root in groups:
-            if name not in listings:
-                listings[name] = load_listing(name, root, "", cfg.cache_dir)
-            listing = listings[name]
+        for name, root in self.groups:
+            if name not in self.listings:
+                self.listings[name] = load_listing(name, root, "", self.cfg.cache_dir)
+            listing = self.listings[name]
             labels = [r.label for r in listing.records]
-            if names and not cross:
-                records, _ = relabel(listing, cfg)
+            if self.names and not self.cross:
+                records, _ = relabel(listing, self.cfg)
                 labels = [r.label for r in records]
             counts = [labels.count(i) for i in range(max(labels) + 1)]
             found.append(
@@ -202,26 +224,17 @@ def check_data(
             )
         return "; ".join(found)
 
-    def federate() -> str:
-        fed = (build or build_federation)(cfg)
+    def federate(self) -> str:
+        fed = self.build(self.cfg)
         train = [len(c.train) for c in fed.clients]
         test = [len(c.test) for c in fed.clients]
         skipped = f", {fed.skipped_corrupt} corrupt skipped" if fed.skipped_corrupt else ""
         return (
-            f"{len(fed.clients)} clients ({cfg.partitioner}), train {min(train)}..{max(train)}, "
-            f"{'val' if cfg.holdout == 'val' else 'test'} {min(test)}..{max(test)} images each"
-            f"{skipped}"
+            f"{len(fed.clients)} clients ({self.cfg.partitioner}), "
+            f"train {min(train)}..{max(train)}, "
+            f"{'val' if self.cfg.holdout == 'val' else 'test'} {min(test)}..{max(test)} "
+            f"images each{skipped}"
         )
-
-    root_key = "data.cross-roots" if cross else "data.root"
-    if not _step(checks, "data root", root_key, list_roots):
-        return checks
-    if not cross and not _step(checks, "class mapping", "data.class-names", map_folders):
-        return checks
-    if not _step(checks, "images per class", root_key, count_images):
-        return checks
-    _step(checks, "federation", "data.num-clients", federate)
-    return checks
 
 
 def check_model(name: str, quick: bool = False) -> Check:

@@ -14,6 +14,7 @@ drops anything after the last completed round and continues from there.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -46,6 +47,9 @@ class RunDir:
     def __init__(self, root: Path, experiment_id: str) -> None:
         self.root = root
         self.experiment_id = experiment_id
+        # metrics.jsonl as last read or written by this process (the only writer of a run):
+        # the round loop asks several times a round, the file is parsed once.
+        self._rows: list[dict[str, Any]] | None = None
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -119,7 +123,12 @@ class RunDir:
 
     # -- metrics ----------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Complete metric lines, in file order (a torn last line is ignored)."""
+        """Complete metric lines, in file order (a torn last line is ignored); a copy."""
+        if self._rows is None:
+            self._rows = self._parse_metrics()
+        return copy.deepcopy(self._rows)
+
+    def _parse_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
             return []
         out = []
@@ -131,10 +140,13 @@ class RunDir:
         return out
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(_jsonable(record), sort_keys=True)
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+            f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._rows is not None:
+            self._rows.append(json.loads(line))
 
     def update_metrics(self, server_round: int, fields: Mapping[str, Any]) -> None:
         """Add fields to an earlier round's line (its fused evaluation arrived a round later);
@@ -149,8 +161,12 @@ class RunDir:
                         row[key].setdefault(pid, {}).update(values)
                 else:
                     row[key] = value
-        text = "".join(json.dumps(_jsonable(m), sort_keys=True) + "\n" for m in rows)
-        _atomic_write(self.metrics_path, text)
+        self._write_rows(rows, jsonable=True)
+
+    def _write_rows(self, rows: list[dict[str, Any]], jsonable: bool = False) -> None:
+        lines = [json.dumps(_jsonable(m) if jsonable else m, sort_keys=True) for m in rows]
+        _atomic_write(self.metrics_path, "".join(line + "\n" for line in lines))
+        self._rows = [json.loads(line) for line in lines]
 
     def last_completed_round(self) -> int | None:
         """Largest r with a metrics line and a checkpoint for every round 1..r; 0 if only the
@@ -165,10 +181,7 @@ class RunDir:
 
     def truncate_after(self, server_round: int) -> None:
         """Drop metric lines and checkpoints of rounds after ``server_round`` (a torn round)."""
-        kept = [m for m in self.read_metrics() if int(m["round"]) <= server_round]
-        _atomic_write(
-            self.metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in kept)
-        )
+        self._write_rows([m for m in self.read_metrics() if int(m["round"]) <= server_round])
         for path in (self.root / "checkpoints").glob("global-r*.safetensors"):
             if int(path.stem.split("-r")[-1]) > server_round:
                 path.unlink()

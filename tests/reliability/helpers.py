@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from client_app.app import app as client_app
+from client_app.app import build_app
 from server_app.loop import run_server
+from testkit.faults import fault_mod
 from testkit.grid import InProcessGrid, task_identity
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config
@@ -21,7 +22,9 @@ def setup_run(tmp: Path, model_dir: Path, num_clients: int = 3, **overrides: Any
 
 
 def run(cfg: dict, num_nodes: int | None = None, **grid_kwargs: Any) -> InProcessGrid:
-    grid = InProcessGrid(client_app, cfg, num_nodes or cfg["data.num-clients"], **grid_kwargs)
+    grid = InProcessGrid(
+        build_app([fault_mod]), cfg, num_nodes or cfg["data.num-clients"], **grid_kwargs
+    )
     with task_identity():
         run_server(grid, cfg)
     return grid

@@ -22,18 +22,17 @@ from flwr.app import (
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
 from server_app.phases import _missing
-from server_app.strategy import SharedPromptFedAvg, expected_examples
+from server_app.strategy import SharedPromptFedAvg
+from task.data.source import ExampleLimits, data_source
 from testkit.images import TINY_CLASSES
 from tests.reliability.helpers import rows, run, setup_run
-from tests.server_app.test_strategy import SHAPE, reply
+from tests.server_app.test_strategy import SHAPE, eval_round, reply, train_round
 
 SENT = torch.zeros(SHAPE)
 
 
 def _strategy(**kw) -> SharedPromptFedAvg:
-    s = SharedPromptFedAvg({"shared_ctx": SHAPE}, num_partitions=20, **kw)
-    s.sent = {"shared_ctx": SENT.clone()}  # what configure_train would have recorded
-    return s
+    return SharedPromptFedAvg({"shared_ctx": SHAPE}, num_partitions=20, **kw)
 
 
 def _honest(n: int = 4) -> list[Message]:
@@ -74,13 +73,13 @@ HOSTILE = {
 def test_hostile_reply_rejected_logged_counted(name: str, caplog) -> None:
     s = _strategy(max_norm_ratio=10.0, max_examples_ratio=10.0)
     honest = _honest()
-    ref, _ = _strategy(max_norm_ratio=10.0, max_examples_ratio=10.0).aggregate_train(1, _honest())
-    arrays, _ = s.aggregate_train(1, [*honest, HOSTILE[name]()])
+    ref = train_round(_strategy(max_norm_ratio=10.0, max_examples_ratio=10.0), _honest())
+    out = train_round(s, [*honest, HOSTILE[name]()])
     # The average is exactly the honest clients' average: the hostile reply had no influence.
-    got = arrays.to_torch_state_dict()["shared_ctx"]
-    assert torch.equal(got, ref.to_torch_state_dict()["shared_ctx"])
+    got = out.shared["shared_ctx"]
+    assert torch.equal(got, ref.shared["shared_ctx"])
     assert bool(torch.isfinite(got).all())
-    rep = s.train_report
+    rep = out.report
     assert rep.ok == 4 and len(rep.rejected) == 1, rep.rejected
     assert rep.rejected[0]["node"] == 9
     assert any("node 9 rejected" in r.message for r in caplog.records)
@@ -90,21 +89,21 @@ def test_norm_bound_is_relative_to_the_round_median() -> None:
     # Large but uniform updates all pass (the bound scales with the round) ...
     big = [reply(i, {"shared_ctx": torch.full(SHAPE, 100.0 + i)}) for i in range(1, 4)]
     s = _strategy(max_norm_ratio=10.0)
-    s.aggregate_train(1, big)
-    assert s.train_report.ok == 3 and not s.train_report.rejected
+    out = train_round(s, big)
+    assert out.report.ok == 3 and not out.report.rejected
     # ... one 10x + epsilon the (lower) median is out, even with only two replies.
     s = _strategy(max_norm_ratio=10.0)
     two = [
         reply(1, {"shared_ctx": torch.full(SHAPE, 1.0)}),
         reply(2, {"shared_ctx": torch.full(SHAPE, 10.01)}),
     ]
-    s.aggregate_train(1, two)
-    assert [r["node"] for r in s.train_report.rejected] == [2]
-    assert "max-norm-ratio" in s.train_report.rejected[0]["reason"]
+    out = train_round(s, two)
+    assert [r["node"] for r in out.report.rejected] == [2]
+    assert "max-norm-ratio" in out.report.rejected[0]["reason"]
     # Off (0): nothing is rejected for its norm.
     s = _strategy(max_norm_ratio=0.0)
-    s.aggregate_train(1, [*_honest(), HOSTILE["absurd norm"]()])
-    assert s.train_report.ok == 5
+    out = train_round(s, [*_honest(), HOSTILE["absurd norm"]()])
+    assert out.report.ok == 5
 
 
 def test_hostile_evaluate_metrics_are_rejected() -> None:
@@ -117,9 +116,9 @@ def test_hostile_evaluate_metrics_are_rejected() -> None:
     bad.content["metrics"] = MetricRecord(
         {"num-examples": 10**9, "personalised-accuracy": 7.0, "partition-id": 2}
     )
-    m = s.aggregate_evaluate(1, [good, bad])
-    assert m["personalised-accuracy"] == 0.5
-    assert "personalised-accuracy" in s.eval_report.rejected[0]["reason"]
+    ev = eval_round(s, [good, bad])
+    assert ev.fields["personalised_accuracy"] == 0.5
+    assert "personalised-accuracy" in ev.report.rejected[0]["reason"]
 
 
 def test_nan_global_accuracy_accepted_only_for_an_empty_global_model() -> None:
@@ -135,10 +134,10 @@ def test_nan_global_accuracy_accepted_only_for_an_empty_global_model() -> None:
         {"num-examples": 4, "personalised-accuracy": 0.5, "global-accuracy": float("nan"),
          "global-num-examples": 4, "partition-id": 2}
     )  # fmt: skip
-    m = s.aggregate_evaluate(1, [empty, lying])
-    assert m["personalised-accuracy"] == 0.5
-    assert len(s.eval_report.rejected) == 1
-    assert "global-accuracy" in s.eval_report.rejected[0]["reason"]
+    ev = eval_round(s, [empty, lying])
+    assert ev.fields["personalised_accuracy"] == 0.5
+    assert len(ev.report.rejected) == 1
+    assert "global-accuracy" in ev.report.rejected[0]["reason"]
 
 
 @pytest.mark.slow
@@ -179,18 +178,18 @@ def test_inflated_example_count_cannot_dominate_the_average(caplog) -> None:
     poisoned = torch.full(SHAPE, 0.5)  # small enough to pass the norm bound
     liar = reply(9, {"shared_ctx": poisoned}, n=10**6)
     off = _strategy(max_norm_ratio=10.0, max_examples_ratio=0.0)
-    arrays, metrics = off.aggregate_train(1, [*_honest(), liar])
-    dominated = arrays.to_torch_state_dict()["shared_ctx"]
+    out = train_round(off, [*_honest(), liar])
+    dominated = out.shared["shared_ctx"]
     assert torch.allclose(dominated, poisoned, atol=1e-4)  # what the bound is for
-    assert metrics["num-examples"] == 10**6 + 40
+    assert out.num_examples == 10**6 + 40
 
     s = _strategy(max_norm_ratio=10.0, max_examples_ratio=10.0)
-    ref, _ = _strategy(max_norm_ratio=10.0).aggregate_train(1, _honest())
-    arrays, metrics = s.aggregate_train(1, [*_honest(), liar])
-    got = arrays.to_torch_state_dict()["shared_ctx"]
-    assert torch.equal(got, ref.to_torch_state_dict()["shared_ctx"])
-    assert metrics["num-examples"] == 40
-    rep = s.train_report
+    ref = train_round(_strategy(max_norm_ratio=10.0), _honest())
+    out = train_round(s, [*_honest(), liar])
+    got = out.shared["shared_ctx"]
+    assert torch.equal(got, ref.shared["shared_ctx"])
+    assert out.num_examples == 40
+    rep = out.report
     assert rep.ok == 4 and [r["node"] for r in rep.rejected] == [9]
     assert "server.max-examples-ratio 10 x round median 10" in rep.rejected[0]["reason"]
     assert any("node 9 rejected: num-examples" in r.message for r in caplog.records)
@@ -200,36 +199,35 @@ def test_example_bound_is_relative_to_the_round_median() -> None:
     # Exactly 10x the (lower) median passes, above it does not, from two replies on.
     for claim, rejected in ((100, []), (101, [2])):
         s = _strategy(max_examples_ratio=10.0)
-        s.aggregate_train(
-            1, [reply(1, {"shared_ctx": SENT}, n=10), reply(2, {"shared_ctx": SENT}, n=claim)]
-        )
-        assert [r["node"] for r in s.train_report.rejected] == rejected
+        pair = [reply(1, {"shared_ctx": SENT}, n=10), reply(2, {"shared_ctx": SENT}, n=claim)]
+        out = train_round(s, pair)
+        assert [r["node"] for r in out.report.rejected] == rejected
     # One reply: no scale to judge by.
     s = _strategy(max_examples_ratio=10.0)
-    s.aggregate_train(1, [reply(2, {"shared_ctx": SENT}, n=10**9)])
-    assert s.train_report.ok == 1
+    out = train_round(s, [reply(2, {"shared_ctx": SENT}, n=10**9)])
+    assert out.report.ok == 1
     # Uniformly large claims all pass.
     s = _strategy(max_examples_ratio=10.0)
-    s.aggregate_train(1, [reply(i, {"shared_ctx": SENT}, n=10**6 + i) for i in range(1, 4)])
-    assert s.train_report.ok == 3 and not s.train_report.rejected
+    out = train_round(s, [reply(i, {"shared_ctx": SENT}, n=10**6 + i) for i in range(1, 4)])
+    assert out.report.ok == 3 and not out.report.rejected
 
 
 def test_known_partition_sizes_bound_claims_exactly() -> None:
     """Where the server can list the federation, a claim above the partition's size is rejected
     and an honest large partition is never held to the median bound (quantity skew)."""
     expected = {1: 10, 2: 10, 3: 10, 4: 5000}
-    s = _strategy(max_examples_ratio=10.0, expected_train_examples=expected)
+    s = _strategy(max_examples_ratio=10.0, limits=ExampleLimits(train=expected))
     replies = [reply(i, {"shared_ctx": SENT}, n=10) for i in (1, 2)]
     replies += [reply(3, {"shared_ctx": SENT}, n=11), reply(4, {"shared_ctx": SENT}, n=5000)]
-    s.aggregate_train(1, replies)
-    rep = s.train_report
+    out = train_round(s, replies)
+    rep = out.report
     assert rep.ok == 3 and [r["partition"] for r in rep.rejected] == [3]
     assert "num-examples 11 > 10 that partition 3 can hold" in rep.rejected[0]["reason"]
     assert rep.per_client[4]["num_train"] == 5000
 
 
 def test_inflated_evaluate_count_cannot_skew_the_accuracy() -> None:
-    def ev(node: int, n: int, acc: float) -> Message:
+    def evr(node: int, n: int, acc: float) -> Message:
         msg = reply(node, None)
         msg.content["metrics"] = MetricRecord(
             {"num-examples": n, "personalised-accuracy": acc, "global-accuracy": acc,
@@ -238,31 +236,33 @@ def test_inflated_evaluate_count_cannot_skew_the_accuracy() -> None:
         return msg
 
     s = _strategy(max_examples_ratio=10.0)
-    m = s.aggregate_evaluate(1, [ev(1, 4, 0.5), ev(2, 4, 0.5), ev(3, 10**6, 1.0)])
-    assert m["personalised-accuracy"] == 0.5
-    assert [r["node"] for r in s.eval_report.rejected] == [3]
-    s = _strategy(expected_eval_examples={1: 4, 2: 4, 3: 4})
-    m = s.aggregate_evaluate(1, [ev(1, 4, 0.5), ev(2, 4, 0.5), ev(3, 5, 1.0)])
+    ev = eval_round(s, [evr(1, 4, 0.5), evr(2, 4, 0.5), evr(3, 10**6, 1.0)])
+    assert ev.fields["personalised_accuracy"] == 0.5
+    assert [r["node"] for r in ev.report.rejected] == [3]
+    s = _strategy(limits=ExampleLimits(evaluate={1: 4, 2: 4, 3: 4}))
+    ev = eval_round(s, [evr(1, 4, 0.5), evr(2, 4, 0.5), evr(3, 5, 1.0)])
     assert (
-        m["personalised-accuracy"] == 0.5
-        and "its test split" in s.eval_report.rejected[0]["reason"]
+        ev.fields["personalised_accuracy"] == 0.5
+        and "its test split" in ev.report.rejected[0]["reason"]
     )
 
 
-def test_expected_examples_from_the_federation(tmp_path: Path, tiny_clip_dir: Path) -> None:
+def test_example_limits_from_the_federation(tmp_path: Path, tiny_clip_dir: Path) -> None:
     from task.config import parse_app_config
     from task.data.source import get_federation
 
     cfg = setup_run(tmp_path, tiny_clip_dir, **{"train.epochs": 3})
     core = parse_app_config(cfg).core
     fed = get_federation(core.data)
-    got = expected_examples(core)
-    assert got["expected_train_examples"] == {c.client_id: 3 * len(c.train) for c in fed.clients}
-    assert got["expected_eval_examples"] == {c.client_id: len(c.test) for c in fed.clients}
-    assert sorted(got["expected_train_examples"]) == [0, 1, 2]
+    got = data_source(core.data).example_limits(core.train.epochs)
+    assert got.train == {c.client_id: 3 * len(c.train) for c in fed.clients}
+    assert got.evaluate == {c.client_id: len(c.test) for c in fed.clients}
+    assert sorted(got.train) == [0, 1, 2]
     local = {**cfg, "data.partitioner": "local", "data.root": ""}
     local["data.class-names"] = ",".join(TINY_CLASSES)
-    assert expected_examples(parse_app_config(local).core) == {}  # the server lists no images
+    local_core = parse_app_config(local).core
+    # The server lists no images: it cannot bound counts by partition.
+    assert data_source(local_core.data).example_limits(3) == ExampleLimits()
 
 
 @pytest.mark.slow
@@ -295,7 +295,6 @@ def test_superlink_error_for_a_vanished_node_is_counted_once(caplog) -> None:
     for msg in sent:
         msg.metadata.__dict__["_dst_node_id"] = msg.metadata.src_node_id
         msg.metadata.__dict__["_message_id"] = f"ins-{msg.metadata.src_node_id}"
-    s.configured = sent
     gen = torch.Generator().manual_seed(0)
     ok = [
         reply(n, {"shared_ctx": 0.1 * torch.randn(SHAPE, generator=gen)}, pid=n - 11)
@@ -311,8 +310,8 @@ def test_superlink_error_for_a_vanished_node_is_counted_once(caplog) -> None:
     )  # fmt: skip
     replies = [*ok, link]
     missing = _missing(sent, replies, 2, "train")
-    s.aggregate_train(2, replies)
-    rep = s.train_report
+    out = train_round(s, replies, sent)
+    rep = out.report
     assert (rep.ok, rep.failed + missing, rep.rejected) == (2, 1, [])
     assert SUPERLINK_NODE_ID not in rep.bytes_from
     assert any("node 13 failed: the SuperLink answered" in r.message for r in caplog.records)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from server_app.reply_rules import ReplyRules
+from protocol.replies import TrainReply
+from server_app.reply_rules import Reply, ReplyRules
 from tests.server_app.test_strategy import SHAPE, reply
 
 
 def test_one_reply_checks() -> None:
     rules = ReplyRules({"shared_ctx": SHAPE}, num_partitions=4)
-    tensors, reason = rules.validate(reply(1, {"shared_ctx": torch.zeros(SHAPE)}), train=True)
-    assert reason is None and set(tensors) == {"shared_ctx"}
+    ok, reason = rules.validate(reply(1, {"shared_ctx": torch.zeros(SHAPE)}), train=True)
+    assert reason is None and set(ok.tensors) == {"shared_ctx"}
+    assert (ok.partition_id, ok.num_examples, ok.metrics.train_loss) == (1, 10, 1.0)
     leak = {"shared_ctx": torch.zeros(SHAPE), "private": torch.zeros(SHAPE)}
     _, reason = rules.validate(reply(1, leak), train=True)
     assert "private" in reason
@@ -28,8 +30,8 @@ def test_round_outliers_are_judged_against_the_lower_median() -> None:
     values = [(0.1, 10), (0.1, 10), (0.2, 12), (5.0, 500)]  # (update value, example claim)
     kept = []
     for i, (v, n) in enumerate(values):
-        metrics = {"num-examples": n, "partition-id": i}
-        kept.append((reply(i, None), {"shared_ctx": torch.full(SHAPE, v)}, metrics))
+        metrics = TrainReply(partition_id=i, num_examples=n, train_loss=0.0)
+        kept.append(Reply(reply(i, None), {"shared_ctx": torch.full(SHAPE, v)}, metrics))
     good, bad = rules.norm_outliers(kept, sent)
     assert len(good) == 3 and len(bad) == 1 and "update norm" in bad[0][1]
     good, bad = rules.claim_outliers(kept, train=True)

@@ -17,8 +17,9 @@ from flwr.app import (
     RecordDict,
 )
 
-from server_app.aggregate import check_shared, weighted_average
-from server_app.strategy import SharedPromptFedAvg
+from server_app.aggregate import weighted_average
+from server_app.reply_rules import check_shared
+from server_app.strategy import EvaluationOutcome, SharedPromptFedAvg, TrainOutcome
 
 SHAPE = (4, 8)
 
@@ -55,27 +56,40 @@ def strategy(fp16: bool = False) -> SharedPromptFedAvg:
     return SharedPromptFedAvg({"shared_ctx": SHAPE}, fp16_transport=fp16)
 
 
+def train_round(
+    s: SharedPromptFedAvg, replies: list[Message], sent_messages: list[Message] | None = None
+) -> TrainOutcome:
+    """One training phase's outcome, the prompt sent being zeros."""
+    return s.train_outcome(
+        1, list(replies), sent_messages or [], {"shared_ctx": torch.zeros(SHAPE)}
+    )
+
+
+def eval_round(s: SharedPromptFedAvg, replies: list[Message]) -> EvaluationOutcome:
+    return s.evaluation_outcome(list(replies), [])
+
+
 def test_average_is_weighted_by_example_counts() -> None:
     s = strategy()
     replies = [
         reply(1, {"shared_ctx": torch.full(SHAPE, 1.0)}, n=1),
         reply(2, {"shared_ctx": torch.full(SHAPE, 4.0)}, n=3),
     ]
-    arrays, metrics = s.aggregate_train(1, replies)
-    out = arrays.to_torch_state_dict()["shared_ctx"]
-    assert out.dtype == torch.float32
-    assert torch.allclose(out, torch.full(SHAPE, 3.25))
-    assert metrics["num-examples"] == 4
-    assert metrics["train-loss"] == pytest.approx((1 * 1 + 2 * 3) / 4)
-    assert s.train_report.ok == 2 and not s.train_report.rejected
+    out = train_round(s, replies)
+    avg = out.shared["shared_ctx"]
+    assert avg.dtype == torch.float32
+    assert torch.allclose(avg, torch.full(SHAPE, 3.25))
+    assert out.num_examples == 4
+    assert out.train_loss == pytest.approx((1 * 1 + 2 * 3) / 4)
+    assert out.report.ok == 2 and not out.report.rejected
 
 
 def test_result_does_not_depend_on_arrival_order() -> None:
     tensors = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(5)]
     replies = [reply(i + 1, {"shared_ctx": t}, n=i + 2) for i, t in enumerate(tensors)]
-    a, _ = strategy().aggregate_train(1, replies)
-    b, _ = strategy().aggregate_train(1, list(reversed(replies)))
-    assert torch.equal(a.to_torch_state_dict()["shared_ctx"], b.to_torch_state_dict()["shared_ctx"])
+    a = train_round(strategy(), replies)
+    b = train_round(strategy(), list(reversed(replies)))
+    assert torch.equal(a.shared["shared_ctx"], b.shared["shared_ctx"])
 
 
 @pytest.mark.parametrize(
@@ -97,30 +111,30 @@ def test_result_does_not_depend_on_arrival_order() -> None:
 def test_bad_reply_is_dropped_logged_and_counted(bad: Message, why: str, caplog) -> None:
     s = strategy()
     good = reply(1, {"shared_ctx": torch.full(SHAPE, 2.0)}, n=5)
-    arrays, _ = s.aggregate_train(1, [good, bad])
-    assert torch.equal(arrays.to_torch_state_dict()["shared_ctx"], torch.full(SHAPE, 2.0))
-    assert s.train_report.ok == 1
-    assert len(s.train_report.rejected) == 1
-    assert why in s.train_report.rejected[0]["reason"]
-    assert s.train_report.rejected[0]["partition"] == 9
+    out = train_round(s, [good, bad])
+    assert torch.equal(out.shared["shared_ctx"], torch.full(SHAPE, 2.0))
+    assert out.report.ok == 1
+    assert len(out.report.rejected) == 1
+    assert why in out.report.rejected[0]["reason"]
+    assert out.report.rejected[0]["partition"] == 9
     assert any("rejected" in r.message for r in caplog.records)
 
 
 def test_error_replies_count_as_failed_and_all_bad_gives_nothing() -> None:
     s = strategy()
     bad = reply(2, {"shared_ctx": torch.full(SHAPE, float("nan"))})
-    arrays, metrics = s.aggregate_train(1, [error_reply(1), bad])
-    assert arrays is None and metrics is None
-    assert s.train_report.failed == 1 and len(s.train_report.rejected) == 1
+    out = train_round(s, [error_reply(1), bad])
+    assert out.shared is None and out.train_loss is None
+    assert out.report.failed == 1 and len(out.report.rejected) == 1
 
 
 def test_fp16_transport_expects_half_precision_and_averages_in_fp32() -> None:
     s = strategy(fp16=True)
     half = reply(1, {"shared_ctx": torch.full(SHAPE, 0.5, dtype=torch.float16)})
     full = reply(2, {"shared_ctx": torch.full(SHAPE, 0.5)})
-    arrays, _ = s.aggregate_train(1, [half, full])
-    assert arrays.to_torch_state_dict()["shared_ctx"].dtype == torch.float32
-    assert s.train_report.ok == 1 and "dtype" in s.train_report.rejected[0]["reason"]
+    out = train_round(s, [half, full])
+    assert out.shared["shared_ctx"].dtype == torch.float32
+    assert out.report.ok == 1 and "dtype" in out.report.rejected[0]["reason"]
 
 
 def test_evaluate_replies_with_arrays_are_rejected() -> None:
@@ -129,8 +143,9 @@ def test_evaluate_replies_with_arrays_are_rejected() -> None:
     r.content["metrics"] = MetricRecord(
         {"num-examples": 4, "personalised-accuracy": 1.0, "global-accuracy": 0.5, "partition-id": 3}
     )
-    assert s.aggregate_evaluate(1, [r]) is None
-    assert "private" in s.eval_report.rejected[0]["reason"]
+    ev = eval_round(s, [r])
+    assert ev.fields is None
+    assert "private" in ev.report.rejected[0]["reason"]
 
 
 def test_evaluate_is_weighted_by_test_size() -> None:
@@ -148,10 +163,10 @@ def test_evaluate_is_weighted_by_test_size() -> None:
             }
         )
         replies.append(r)
-    m = s.aggregate_evaluate(1, replies)
-    assert m["personalised-accuracy"] == pytest.approx(0.25)
-    assert m["global-accuracy"] == pytest.approx(0.125)
-    assert s.eval_report.per_client[1]["personalised_accuracy"] == 1.0
+    ev = eval_round(s, replies)
+    assert ev.fields["personalised_accuracy"] == pytest.approx(0.25)
+    assert ev.fields["global_accuracy"] == pytest.approx(0.125)
+    assert ev.report.per_client[1]["personalised_accuracy"] == 1.0
 
 
 def test_check_shared_and_weighted_average_units() -> None:

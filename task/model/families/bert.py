@@ -4,7 +4,7 @@ The prompt is ``[CLS] ctx_1 .. ctx_h <class tokens> . [SEP] [PAD] ..``; the feat
 model's ``pooler_output`` (tanh(W h_[CLS] + b)) through ``text_projection``, exactly as
 ``VisionTextDualEncoderModel.get_text_features`` computes it. Attention is bidirectional, so
 padding is excluded with the attention mask: with the mask, cutting the padding is exact
-(tests/task/test_backbone_families.py); without it, it would not be.
+(tests/task/model/test_families.py); without it, it would not be.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the model's own parts: embeddings (token embeddings given, positions added), the
 causal mask the model builds itself, the final layer norm and the projection, pooled at the end
 token. Attention is causal and the feature is read at the end token, so tokens after it never
 influence it: sequences can be cut to the longest real prompt with no change in the result
-(tests/task/test_prompt_learner.py proves it against the 77-token path).
+(tests/task/model/test_prompts.py proves it against the 77-token path).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ vision tower there is pure start-up cost (for the stand-in it also means importi
 supported family keeps its text side under the same names (``text_model.*``,
 ``text_projection.*``, ``logit_scale``), so the subset is read by prefix and loaded strictly into
 a text model built from ``config.text_config``; the features are those of the full model
-(tests/task/test_backbone_lazy.py).
+(tests/task/model/test_backbone_lazy.py).
 """
 
 from __future__ import annotations

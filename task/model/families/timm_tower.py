@@ -10,7 +10,7 @@ tokens after the prefix (class/register) tokens, through its ``fc_norm`` when it
 Convolutions run in channels-last memory layout: PyTorch's CPU kernels for depthwise and 1x1
 convolutions are about twice as fast that way for EfficientNet-Lite0 on 2 cores
 (bench: ``python -m bench.local_step``); results agree with the default layout to float
-rounding (tests/task/test_backbone_families.py).
+rounding (tests/task/model/test_families.py).
 """
 
 from __future__ import annotations

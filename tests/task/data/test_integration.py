@@ -6,7 +6,7 @@ import pytest
 
 from task.data import DataConfig, build_federation
 from task.data.sources import scan_image_folder
-from tests.data.conftest import SHARED
+from tests.task.data.conftest import SHARED
 
 DATA = SHARED / "data"
 pytestmark = pytest.mark.integration

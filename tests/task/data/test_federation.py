@@ -102,7 +102,7 @@ def test_same_partition_across_processes_and_hash_seeds(tree: Path) -> None:
         f"print(build_federation(DataConfig(dataset='imagefolder', root={str(tree)!r},"
         "num_clients=3, partitioner='pathological')).fingerprint())"
     )
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     prints = set()
     for hash_seed in ("1", "987"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from task.report import app_defaults, federation_label, load_runs
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
 
 def test_defaults_come_from_the_config_dataclasses_and_match_pyproject() -> None:

@@ -13,7 +13,7 @@ from task.data.records import (
     load_rgb,
     validate_images,
 )
-from tests.data.conftest import write_image
+from tests.task.data.conftest import write_image
 
 
 @pytest.mark.parametrize(

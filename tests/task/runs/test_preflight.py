@@ -16,7 +16,7 @@ from task.model.backbone import BackboneNotFoundError
 from task.runs.preflight import PreflightError, check_data, check_model, key_to_fix, run_preflight
 from testkit.images import write_synthetic_images
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FOLDERS = ["01_Grassland", "02_Farmland", "03_Industrial", "04_RiverLake"]
 MAPPING = "01_Grassland=grassland,02_Farmland=farmland,03_Industrial=industrial,04_RiverLake=lake"
 

@@ -20,7 +20,7 @@ from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.models import save_tiny_clip
 from tests.conftest import SHARED
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def make_run(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from task.data.classnames import harmonize, humanize, humanize_generic
-from tests.data.conftest import SHARED
+from tests.task.data.conftest import SHARED
 
 UCM_EXPECTED = {
     "agricultural": "agricultural",
