@@ -15,6 +15,9 @@
 #   bash scripts/grid_standin.sh tune-fedrsclip  # alpha (DPA), beta (OT), gamma, head
 #   bash scripts/grid_standin.sh tune-baselines  # fedprox mu, fedpgp rank/weight, fedotp, local lr
 #   bash scripts/grid_standin.sh tune-skew       # fedrsclip alpha under Dirichlet(0.1), local ref.
+#   bash scripts/grid_standin.sh tune-head       # fedrsclip's personalised head (private, concat,
+#                                                #   mix, auto) x alpha/beta, promptfolio's theta,
+#                                                #   both splits, with the references
 #   bash scripts/grid_standin.sh test            # 10 clients x {even, Dir(0.1)} x 3 seeds, all
 #                                                #   methods + ablations (priority 1)
 #   bash scripts/grid_standin.sh test2040        # 20 and 40 clients, main methods (SEEDS=0 default)
@@ -35,8 +38,8 @@ TUNING_RUNS=${TUNING_RUNS:-$PWD/runs-standin-tuning}
 VAL="++run_config.data.val-fraction=0.2"
 # shellcheck disable=SC2206
 COMMON=(recipe=standin "rounds=$ROUNDS" launch.continue_on_error=true ${GRID_OVERRIDES:-})
-MAIN=zeroshot,local,promptfl,fedprox,fedotp,fedpgp,fedrsclip
-ABLATIONS=fedrsclip-noprivate,fedrsclip-nodpa,fedrsclip-noot
+MAIN=zeroshot,local,promptfl,fedprox,fedotp,fedpgp,promptfolio,fedrsclip
+ABLATIONS=fedrsclip-noprivate,fedrsclip-nodpa,fedrsclip-noot,fedrsclip-separate,fedrsclip-concat
 # Settings tuning chose beyond recipe=standin (docs/results/tuning.md); empty = the defaults.
 TUNED=${TUNED:-}
 
@@ -83,6 +86,26 @@ tune-skew)
   tune dirichlet0.1 seed=0 method=zeroshot,local,promptfl,fedrsclip
   tune dirichlet0.1 seed=0 method=fedrsclip ++run_config.loss.alpha=0.1,0.0
   ;;
+tune-head)
+  # The personalised head of fedrsclip (issue 23) and PromptFolio's theta (issue 24), chosen on
+  # validation under both label regimes; the references first.
+  for split in even dirichlet0.1; do
+    tune "$split" seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip,fedrsclip-concat
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=auto,mix
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=auto \
+      ++run_config.loss.alpha=0.1,0.0
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=auto \
+      ++run_config.loss.beta=0.0
+    tune "$split" seed=0 method=promptfolio ++run_config.prompt.mix-theta=0.2,0.6
+  done
+  ;;
+tune-head-seeds)
+  # The spread of the head candidates that tune-head left close: seeds 1 and 2.
+  for split in even dirichlet0.1; do
+    tune "$split" seed=1,2 method=promptfl,local,fedrsclip ${HEAD_SEEDS_OVERRIDES:-}
+    tune "$split" seed=1,2 method=fedrsclip ++run_config.prompt.personal-head=auto
+  done
+  ;;
 test)
   # Seed by seed, so that an interrupted grid still has every method on both splits.
   for seed in ${SEEDS:-0 1 2}; do
@@ -115,7 +138,7 @@ report)
   report
   ;;
 *)
-  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|test|test2040|central|fullft|cross|dir05|report" >&2
+  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-seeds|test|test2040|central|fullft|cross|dir05|report" >&2
   exit 2
   ;;
 esac

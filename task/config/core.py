@@ -8,6 +8,8 @@ from task.config.data import DataConfig
 from task.config.fields import ConfigError, choice, key
 
 DTYPES = ("float32", "bfloat16", "float16")
+# How a personalised CLIP head combines the shared and private prompts (task.methods.personal).
+PERSONAL_HEADS = ("private", "mix", "auto")
 
 
 @dataclass
@@ -41,6 +43,23 @@ class PromptConfig:
     private_init: str = key("phrase", "initialise P from the phrase or `random`")
     init_std: float = key(0.02, "std of random context vectors")
     rank: int = key(2, "rank r of `fedpgp`'s private low-rank part U Vᵀ")
+    personal_head: str = key(
+        "private",
+        "class features of `fedrsclip`'s personalised CLIP head: `private` (the personal "
+        "prompt's), `mix` (normalize((1 - θ) s_c + θ p_c), θ = `prompt.mix-theta`) or `auto` "
+        "(θ chosen per client on its selection split, docs/method.md §4.3)",
+    )
+    mix_theta: float = key(
+        0.4,
+        "θ of a mixed head, `promptfolio`'s and `fedrsclip`'s `mix` (0: shared prompt only, "
+        "1: private only; 0.4: PromptFolio's runs); `auto`'s fallback",
+    )
+    mix_holdout: float = key(
+        0.2,
+        "`auto`: fraction of each client's training images held out of local training to "
+        "choose θ on (stratified, fixed per client)",
+    )
+    mix_grid: int = key(11, "`auto`: θ is chosen from this many evenly spaced values in [0, 1]")
 
     def validate(self) -> None:
         if self.n_ctx < 1 or self.n_ctx > 32:
@@ -51,6 +70,13 @@ class PromptConfig:
         choice("prompt.private-init", self.private_init, ("phrase", "random"))
         if self.init_std <= 0:
             raise ConfigError(f"prompt.init-std must be > 0, got {self.init_std}")
+        choice("prompt.personal-head", self.personal_head, PERSONAL_HEADS)
+        if not 0.0 <= self.mix_theta <= 1.0:
+            raise ConfigError(f"prompt.mix-theta must be in [0, 1], got {self.mix_theta}")
+        if not 0.0 < self.mix_holdout < 1.0:
+            raise ConfigError(f"prompt.mix-holdout must be in (0, 1), got {self.mix_holdout}")
+        if not 2 <= self.mix_grid <= 101:
+            raise ConfigError(f"prompt.mix-grid must be in [2, 101], got {self.mix_grid}")
 
 
 # The methods a run may name, in report order; task.methods registers exactly these (one module
@@ -62,10 +88,13 @@ METHOD_NAMES = (
     "fedprox",
     "fedotp",
     "fedpgp",
+    "promptfolio",
     "fedrsclip",
     "fedrsclip-noprivate",
     "fedrsclip-nodpa",
     "fedrsclip-noot",
+    "fedrsclip-separate",
+    "fedrsclip-concat",
     "fedavg-full",
 )
 

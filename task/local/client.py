@@ -16,6 +16,7 @@ partition), so a resumed run replays exactly what an uninterrupted one would hav
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,15 +26,15 @@ import torch
 from task.config import RunConfig
 from task.data.records import ImageRecord
 from task.data.source import data_source
-from task.local.evaluate import evaluate, prompt_features
-from task.local.features import FeatureCache, FeatureSet
+from task.local.evaluate import choose_mix, evaluate, prompt_features
+from task.local.features import FeatureCache, FeatureSet, selection_split
 from task.local.private_store import PrivateStore
 from task.local.train import EvalResult, TrainResult, train
 from task.local.train_full import evaluate_full, train_full
 from task.methods import PRIVATE_KEY, Method, get_method
 from task.methods.fedavg_full import load_full_model, shared_state
 from task.model.backbone import Backbone, get_backbone
-from task.model.prompts import PromptLearner, load_prompts
+from task.model.prompts import PromptFeatures, PromptLearner, load_prompts
 from task.model.zeroshot import zeroshot_features
 from task.seeds import derive_seed
 
@@ -46,6 +47,10 @@ class ClientEval:
     global_: EvalResult
     private_round: int | None
     zeroshot: EvalResult | None = None  # the frozen model's template ensemble, when asked
+
+
+# Third component of the selection split's seed (data.seed, partition, this): fixed per client.
+SELECTION_SEED = 2
 
 
 class FederatedClient:
@@ -92,9 +97,53 @@ class PromptClient(FederatedClient):
     # (key, learner, private round) an evaluation built and left untouched (see learner()).
     _unused: tuple[tuple[int, int], PromptLearner, int | None] | None = None
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._features: dict[str, FeatureSet] = {}  # split -> features, read once per message
+        self.head_kind = self.method.personal_head_for(self.cfg.prompt)
+
+    def train_features(self) -> FeatureSet:
+        """What local training sees: the training split, less the selection split of an
+        ``auto`` personalised head (never trained on, so θ is chosen on unseen images)."""
+        feats = self.features("train")
+        return self.selection_split(feats)[0] if self.head_kind == "auto" else feats
+
+    def selection_split(self, feats: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
+        seed = (self.cfg.data.seed, self.partition_id, SELECTION_SEED)
+        return selection_split(feats, self.cfg.prompt.mix_holdout, seed)
+
+    def personalise(self, text: PromptFeatures, server_round: int) -> PromptFeatures:
+        """The personalised head's features for round ``server_round``'s model: the private
+        prompt's, a fixed mix, or (``auto``) the mix this client chooses on its selection
+        split, saved beside its private prompt for predict and export."""
+        prompt = self.cfg.prompt
+        text = dataclasses.replace(text, mix_renorm=self.method.mix_renorm)
+        if self.head_kind == "mix":
+            return dataclasses.replace(text, mix=prompt.mix_theta)
+        if self.head_kind != "auto":
+            return text
+        selection = self.selection_split(self.features("train"))[1]
+        head = self.method.head_for(self.cfg.loss)
+        choice = choose_mix(
+            text,
+            selection,
+            head,
+            self.cfg.loss,
+            self.backbone.logit_scale,
+            prompt.mix_grid,
+            fallback=prompt.mix_theta,
+        )
+        self.store.save_mix(server_round, choice.theta, choice.scores)
+        return dataclasses.replace(text, mix=choice.theta)
+
     def features(self, split: str) -> FeatureSet:
         """This client's cached image features (extracted on first use); the time it took is
         added to ``feature_seconds`` so replies can split a round's cost (bench.simulation)."""
+        if split not in self._features:
+            self._features[split] = self._load_features(split)
+        return self._features[split]
+
+    def _load_features(self, split: str) -> FeatureSet:
         records = self.data.train if split == "train" else self.data.test
         t0 = time.perf_counter()
         feats = self.cache.load_or_extract(
@@ -146,7 +195,7 @@ class PromptClient(FederatedClient):
         result = train(
             learner,
             self.method,
-            self.features("train"),
+            self.train_features(),
             self.cfg.loss,
             self.cfg.train,
             self.backbone.logit_scale,
@@ -175,6 +224,8 @@ class PromptClient(FederatedClient):
         self._unused = ((id(shared), server_round), learner, private_round)
         text = prompt_features(learner)
         head = self.method.head_for(self.cfg.loss)
+        if self.method.has_private:
+            text = self.personalise(text, server_round)
         personal = evaluate(
             text, feats, head, self.cfg.loss, scale, personalised=self.method.has_private
         )

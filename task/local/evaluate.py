@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -60,3 +63,36 @@ def evaluate(
         preds.append(logits.argmax(dim=1).cpu())
     accuracy, per = per_class(torch.cat(preds), features.labels, n_classes)
     return EvalResult(accuracy, loss_sum / n, n, per)
+
+
+@dataclass
+class MixChoice:
+    """The θ a client chose for its personalised head, and how each θ scored."""
+
+    theta: float
+    scores: list[tuple[float, float, float]]  # (θ, mean CE, accuracy) on the selection split
+
+
+@torch.no_grad()
+def choose_mix(
+    text: PromptFeatures,
+    selection: FeatureSet,
+    head: str,
+    loss_cfg: LossConfig,
+    logit_scale: float,
+    grid: int,
+    fallback: float,
+) -> MixChoice:
+    """θ in ``linspace(0, 1, grid)`` whose personalised head has the lowest mean CE on the
+    client's selection split (held out of its training; CE, a proper score, is steadier than
+    accuracy on a few dozen images); ties go to the smaller θ (more of the shared prompt).
+    An empty selection split keeps ``fallback``."""
+    if len(selection) == 0 or text.shared is None or text.personal is None:
+        return MixChoice(fallback, [])
+    scores = []
+    for theta in (i / (grid - 1) for i in range(grid)):
+        mixed = dataclasses.replace(text, mix=theta)
+        res = evaluate(mixed, selection, head, loss_cfg, logit_scale, personalised=True)
+        scores.append((theta, res.loss, res.accuracy))
+    best = min(scores, key=lambda s: (s[1], s[0]))
+    return MixChoice(best[0], scores)

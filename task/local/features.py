@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from task.data.partition import stratified_split
 from task.data.records import CorruptImageError, ImageRecord, load_rgb
 from task.hashing import tensor_sha256
 from task.model.backbone import Backbone
@@ -53,6 +54,31 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, rows: Sequence[int]) -> FeatureSet:
+        """These rows, in this order (views of the cached tensors where possible)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return FeatureSet(
+            ids=[self.ids[i] for i in rows],
+            labels=self.labels[idx],
+            global_=self.global_[idx],
+            patches=None if self.patches is None else self.patches[idx],
+        )
+
+
+def selection_split(
+    features: FeatureSet, fraction: float, seed: Sequence[int]
+) -> tuple[FeatureSet, FeatureSet]:
+    """(train, selection): a stratified ``fraction`` of a client's training images held out of
+    local training, on which the client chooses its personalised head (prompt.personal-head=
+    auto). Fixed by ``seed`` (the partition's), so no round ever trains on it. A client with
+    fewer than 2 images keeps them all for training (an empty selection set)."""
+    n = len(features)
+    if n < 2:
+        return features, features.subset([])
+    labels = features.labels.tolist()
+    train, held = stratified_split(list(range(n)), labels, fraction, tuple(seed))
+    return features.subset(train), features.subset(held)
 
 
 def extract_features(

@@ -11,11 +11,15 @@ truncated file) is an error naming the file, never a silent fresh start. With
 client re-initialises its private prompt). A failed write (full disk, crash) leaves the previous
 files untouched: the new version only appears by an atomic rename after a complete, fsynced write.
 
-Layout: ``<base>/<experiment>/client-<partition>/private-r<round:05d>.safetensors``.
+Layout: ``<base>/<experiment>/client-<partition>/private-r<round:05d>.safetensors``, and with
+``prompt.personal-head=auto`` ``mix-r<round:05d>.json`` (the θ the client chose for that round's
+model, checksummed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -33,6 +37,7 @@ from task.hashing import tensor_sha256
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^private-r(\d{5,})\.safetensors$")
+_MIX_NAME = re.compile(r"^mix-r(\d{5,})\.json$")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 KEEP_VERSIONS = 2  # the newest version and the one it was trained from
 
@@ -130,7 +135,58 @@ class PrivateStore:
         older = [r for r in self.rounds() if r < server_round]
         for r in older[: -(KEEP_VERSIONS - 1)]:
             self.path(r).unlink(missing_ok=True)
+        oldest_kept = min(self.rounds())
+        for stale in self.dir.glob("mix-r*.json"):  # θ of models older than any kept version
+            m = _MIX_NAME.match(stale.name)
+            if m and int(m.group(1)) < oldest_kept:
+                stale.unlink(missing_ok=True)
         return path
+
+    # -- the personalised head's θ (prompt.personal-head=auto) --------------------------------
+    def mix_path(self, server_round: int) -> Path:
+        return self.dir / f"mix-r{server_round:05d}.json"
+
+    def save_mix(self, server_round: int, theta: float, scores: list | None = None) -> Path:
+        """The θ this client chose for round ``server_round``'s model (written atomically with
+        a checksum; it never leaves the node, like the private prompt)."""
+        if not (isinstance(theta, float) and 0.0 <= theta <= 1.0):
+            raise ValueError(f"a mix θ must be a float in [0, 1], got {theta!r}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        body = {"round": server_round, "theta": theta, "scores": scores or []}
+        text = json.dumps(body, sort_keys=True)
+        record = {**body, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        path = self.mix_path(server_round)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_text(json.dumps(record, sort_keys=True))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load_mix(self, server_round: int) -> float | None:
+        """The θ saved for round ``server_round`` (None when there is none); a file that fails
+        its checksum or holds no θ in [0, 1] raises PrivateStoreError."""
+        path = self.mix_path(server_round)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            body = {k: record[k] for k in ("round", "theta", "scores")}
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            theta = record["theta"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise PrivateStoreError(f"cannot read the personalised head's θ {path}: {err}") from err
+        ok = isinstance(theta, float) and 0.0 <= theta <= 1.0 and body["round"] == server_round
+        if record.get("sha256") != digest or not ok:
+            raise PrivateStoreError(
+                f"the personalised head's θ {path} fails its checksum or range; delete it to "
+                "let the client choose θ again at its next evaluation"
+            )
+        return theta
 
 
 def quarantine(path: Path) -> Path:

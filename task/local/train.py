@@ -59,13 +59,16 @@ def train(
     """Local epochs of SGD/AdamW on the learner's context vectors; returns mean loss.
 
     ``global_state``: the round's global shared tensors (FedProx's anchor; default: the
-    learner's shared tensors as they are when ``train`` starts).
+    learner's shared tensors as they are when ``train`` starts). The personalised CLIP head
+    trains as the method and the learner's prompt config say (``Method.train_mix``: a fixed
+    mix of the two prompts, or the personal prompt alone).
     """
     if not method.uses_cached_features:
         raise ValueError(f"{method.name} trains on images: use task.local.train_full")
     if not method.trains or train_cfg.epochs == 0 or len(features) == 0:
         return TrainResult(0.0, 0, 0)
     penalty = method.parameter_penalty(learner, loss_cfg, global_state)
+    mix = method.train_mix(learner.cfg)
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, train_cfg)
     generator = torch.Generator().manual_seed(seed)
@@ -79,6 +82,7 @@ def train(
             idx = order[start : start + train_cfg.batch_size]
             image_global, patches, labels = batch_of(features, idx, device)
             feats = method.step_features(learner)
+            feats.mix, feats.mix_renorm = mix, method.mix_renorm
             obj = method.objective(loss_cfg, feats, image_global, patches, labels, logit_scale)
             total = obj.loss
             if penalty is not None:

@@ -18,6 +18,7 @@ from task.methods.fedprox import FEDPROX
 from task.methods.fedrsclip import ABLATIONS, FEDRSCLIP
 from task.methods.local import LOCAL
 from task.methods.promptfl import PROMPTFL
+from task.methods.promptfolio import PROMPTFOLIO
 from task.methods.zeroshot import ZEROSHOT
 from task.model.prompts import PRIVATE_KEY, SHARED_KEY
 
@@ -40,6 +41,7 @@ METHODS: dict[str, Method] = {
         FEDPROX,
         FEDOTP,
         FEDPGP,
+        PROMPTFOLIO,
         FEDRSCLIP,
         *ABLATIONS,
         FEDAVG_FULL,

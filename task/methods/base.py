@@ -51,6 +51,11 @@ class Method:
     fusion: str | None = None  # fixed prompt fusion; None -> prompt.fusion from config
     global_ce: bool = True  # gamma-weighted CE of the shared-only model (methods with P)
     private_rank: bool = False  # private part is FedPGP's low-rank U V^T (rank prompt.rank)
+    # How the personalised CLIP head combines S and P (task.config.core.PERSONAL_HEADS); only
+    # a method that declares ``personal_head_configurable`` reads prompt.personal-head.
+    personal_head: str = "private"
+    personal_head_configurable: bool = False
+    mix_renorm: bool = True  # a mixed head renormalises (False: PromptFolio's weighted sum)
     # Which client runs the method (task.local.client.CLIENT_KINDS).
     client_kind: ClassVar[str] = "prompt"
 
@@ -79,6 +84,18 @@ class Method:
     # -- the model ---------------------------------------------------------------------------
     def head_for(self, loss: LossConfig) -> str:
         return self.head or loss.head
+
+    def personal_head_for(self, prompt: PromptConfig) -> str:
+        """``private``, ``mix`` (fixed θ) or ``auto`` (θ chosen per client on held-out data);
+        ``private`` for a method without both prompts."""
+        if not (self.has_shared and self.has_private) or self.private_rank:
+            return "private"
+        return prompt.personal_head if self.personal_head_configurable else self.personal_head
+
+    def train_mix(self, prompt: PromptConfig) -> float | None:
+        """θ the personalised CLIP head trains with: the fixed θ of ``mix``; None otherwise
+        (``auto`` trains each prompt as itself, then chooses how to mix them)."""
+        return prompt.mix_theta if self.personal_head_for(prompt) == "mix" else None
 
     def needs_patches(self, loss: LossConfig) -> bool:
         """Patch features are extracted and cached only when a term uses them."""

@@ -85,6 +85,7 @@ class FedRSCLIP(Method):
 FEDRSCLIP = FedRSCLIP(
     "fedrsclip",
     has_private=True,
+    personal_head_configurable=True,
     description="shared + private prompts, dual prompt alignment, cross-modal OT",
 )
 ABLATIONS = (
@@ -97,6 +98,7 @@ ABLATIONS = (
         "fedrsclip-nodpa",
         has_private=True,
         dpa=False,
+        personal_head_configurable=True,
         description="ablation: fedrsclip without dual prompt alignment",
     ),
     FedRSCLIP(
@@ -104,6 +106,22 @@ ABLATIONS = (
         has_private=True,
         ot=False,
         head="clip",
+        personal_head_configurable=True,
         description="ablation: fedrsclip without any patch-level OT (no OT loss, CLIP head)",
+    ),
+    FedRSCLIP(
+        "fedrsclip-separate",
+        has_private=True,
+        fusion="separate",
+        personal_head="private",
+        description="ablation: the personalised CLIP head on the private prompt alone "
+        "(separate prompts; the head before the personalised-head work)",
+    ),
+    FedRSCLIP(
+        "fedrsclip-concat",
+        has_private=True,
+        fusion="concat",
+        personal_head="private",
+        description="ablation: the paper summary's literal reading, personal prompt [S; P; class]",
     ),
 )

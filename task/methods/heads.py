@@ -1,7 +1,8 @@
 """The heads that turn class text features and image features into logits (docs/method.md §2-3).
 
 * ``clip``: ``scale * cos(g, t_c)`` on the global image embedding, with ``t_c`` the class's
-  personal feature when personalised, else its shared one (:func:`head_text`);
+  personal feature (or the mix of shared and personal, ``PromptFeatures.mix``) when
+  personalised, else its shared one (:func:`head_text`);
 * ``ot``: ``scale * <T*, cos(patches, prompts_c)>`` over the class's prompt set (shared and, when
   personalised, personal: :func:`prompt_set`);
 * ``clip+ot``: their mean.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from task.config import LossConfig
 from task.methods.ot import OTResult, patch_prompt_ot
@@ -49,12 +51,29 @@ def prompt_set(feats: PromptFeatures, personalised: bool) -> torch.Tensor:
 
 
 def head_text(feats: PromptFeatures, personalised: bool) -> torch.Tensor:
-    """Class features the CLIP head uses: the personal prompt when personalised, else shared."""
+    """Class features the CLIP head uses: when personalised, the personal prompt's, or with a
+    mix θ ``normalize((1 - θ) s_c + θ p_c)``; otherwise the shared prompt's."""
     if personalised and feats.personal is not None:
-        return feats.personal
+        if feats.mix is None or feats.shared is None:
+            return feats.personal
+        return mix_features(feats.shared, feats.personal, feats.mix, feats.mix_renorm)
     if feats.shared is None:
         raise ValueError("the global model needs a shared prompt")
     return feats.shared
+
+
+def mix_features(
+    shared: torch.Tensor, personal: torch.Tensor, theta: float, renorm: bool = True
+) -> torch.Tensor:
+    """The portfolio of the two prompts' class features: ``normalize((1 - θ) s + θ p)``, or
+    the plain weighted sum (``renorm=False``, as PromptFolio's code); θ = 0 is the shared
+    features exactly, θ = 1 the personal ones."""
+    if theta == 0.0:
+        return shared
+    if theta == 1.0:
+        return personal
+    mixed = (1.0 - theta) * shared + theta * personal
+    return F.normalize(mixed, dim=-1) if renorm else mixed
 
 
 def compute_logits(

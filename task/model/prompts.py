@@ -43,6 +43,10 @@ class PromptFeatures:
     shared: torch.Tensor | None  # [C, D]
     personal: torch.Tensor | None  # [C, D]: P-only (separate), [S; P] (concat) or S + U V^T
     anchor: torch.Tensor | None = None  # [C, D] frozen hand-crafted prompt features (fedpgp)
+    # θ of a mixed personalised CLIP head: normalize((1 - θ) shared + θ personal); None: the
+    # personal features alone (task.methods.heads.head_text).
+    mix: float | None = None
+    mix_renorm: bool = True  # renormalise the mix (False: PromptFolio's plain weighted sum)
 
 
 class PromptLearner(nn.Module):

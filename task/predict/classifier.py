@@ -130,10 +130,14 @@ def classifier_from_prompts(
     cfg: RunConfig,
     shared_ctx: torch.Tensor | None,
     private_ctx: torch.Tensor | None = None,
+    mix: float | None = None,
 ) -> PromptClassifier:
-    """The run path: personalised when ``private_ctx`` is given, else the global model."""
+    """The run path: personalised when ``private_ctx`` is given, else the global model;
+    ``mix``: θ of a mixed personalised CLIP head (the client's, see load_run_model)."""
     method = get_method(cfg.method.name)
     feats = class_features(backbone, class_names, cfg, shared_ctx, private_ctx)
+    if private_ctx is not None:
+        feats.mix, feats.mix_renorm = mix, method.mix_renorm
     return PromptClassifier(
         class_names=list(class_names),
         feats=feats,
@@ -188,13 +192,14 @@ def export_classifier(
     model_name: str | None = None,
     info: dict[str, Any] | None = None,
     overwrite: bool = False,
+    mix: float | None = None,
 ) -> ExportedClassifier:
     """Compute the class text features once and write a self-contained export directory.
 
     ``model_name`` is recorded as given (default ``cfg.model.name``) so predict can find the
     backbone again; ``info`` (client id, run dir, ...) is stored under ``model`` in the JSON.
     """
-    clf = classifier_from_prompts(backbone, class_names, cfg, shared_ctx, private_ctx)
+    clf = classifier_from_prompts(backbone, class_names, cfg, shared_ctx, private_ctx, mix)
     method: Method = get_method(cfg.method.name)
     details = {
         "method": method.name,

@@ -162,6 +162,7 @@ def run_export(args: argparse.Namespace) -> int:
         model_name=name,
         info=model.info,
         overwrite=args.force,
+        mix=model.mix,
     )
     kind = "personalised" if model.private_ctx is not None else "global"
     client = f" for client {model.info['client']}" if "client" in model.info else ""
@@ -203,7 +204,7 @@ def make_scorer(args: argparse.Namespace):
     name = args.model or model.cfg.model.name
     backbone = _load_backbone(name, args.device, args.dtype or model.cfg.model.dtype)
     scorer = classifier_from_prompts(
-        backbone, model.class_names, model.cfg, model.shared_ctx, model.private_ctx
+        backbone, model.class_names, model.cfg, model.shared_ctx, model.private_ctx, model.mix
     )
     source = {**model.info, "personalised": scorer.personalised, "method": model.cfg.method.name}
     return scorer, backbone, backbone.image_processor, source

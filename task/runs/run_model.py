@@ -30,6 +30,7 @@ class RunModel:
     shared_ctx: torch.Tensor | None  # final global shared prompt S
     private_ctx: torch.Tensor | None  # one client's P, or None for the global model
     info: dict[str, Any] = field(default_factory=dict)  # run, round, client, experiment
+    mix: float | None = None  # θ of a mixed personalised head (prompt.personal-head mix/auto)
 
 
 def load_run_model(
@@ -100,7 +101,37 @@ def load_run_model(
             client, private_store, app.client.private_dir, experiment, final
         )
         info.update(private_info)
+        mix = _personal_mix(method, cfg, Path(private_info["private_store"]), final)
+        if mix is not None:
+            info["mix_theta"] = mix
+        return RunModel(cfg, _class_names(root, cfg), shared, private, info, mix)
     return RunModel(cfg, _class_names(root, cfg), shared, private, info)
+
+
+def _personal_mix(method: Any, cfg: Any, store: Path, final_round: int) -> float | None:
+    """θ of the client's personalised head for the final model: fixed (``mix``), or (``auto``)
+    the θ the client chose at that round's evaluation, saved beside its private prompt."""
+    from task.local.private_store import PrivateStore, PrivateStoreError
+
+    kind = method.personal_head_for(cfg.prompt)
+    if kind == "mix":
+        return cfg.prompt.mix_theta
+    if kind != "auto":
+        return None
+    client_dir = store if store.is_dir() else store.parent
+    ps = PrivateStore(client_dir.parent.parent, client_dir.parent.name, 0)
+    ps.dir = client_dir
+    try:
+        theta = ps.load_mix(final_round)
+    except PrivateStoreError as err:
+        raise RunLoadError(str(err)) from err
+    if theta is None:
+        raise RunLoadError(
+            f"no personalised-head θ for round {final_round} in {client_dir} "
+            f"({ps.mix_path(final_round).name}: the client writes it when it evaluates that "
+            "round's model; pass --round with a round it evaluated)"
+        )
+    return theta
 
 
 def _class_names(root: Path, cfg: Any) -> list[str]:

@@ -58,6 +58,9 @@ def test_every_method_trains_one_step_with_finite_loss(tiny_backbone, name):
         "fedrsclip": {"ce", "ce_global", "dpa", "ot", "loss"},
         "fedrsclip-noprivate": {"ce", "ot", "loss"},
         "fedrsclip-nodpa": {"ce", "ce_global", "ot", "loss"},
+        "fedrsclip-separate": {"ce", "ce_global", "dpa", "ot", "loss"},
+        "promptfolio": {"ce", "loss"},
+        "fedrsclip-concat": {"ce", "ce_global", "dpa", "ot", "loss"},
         "fedrsclip-noot": {"ce", "ce_global", "dpa", "loss"},
     }[name]
     assert set(res.parts) == expected
@@ -82,6 +85,9 @@ def test_shared_and_private_keys_per_method(tiny_backbone):
         "fedrsclip-noprivate": ((SHARED_KEY,), ()),
         "fedrsclip-nodpa": ((SHARED_KEY,), (PRIVATE_KEY,)),
         "fedrsclip-noot": ((SHARED_KEY,), (PRIVATE_KEY,)),
+        "fedrsclip-separate": ((SHARED_KEY,), (PRIVATE_KEY,)),
+        "promptfolio": ((SHARED_KEY,), (PRIVATE_KEY,)),
+        "fedrsclip-concat": ((SHARED_KEY,), (PRIVATE_KEY,)),
         "fedavg-full": ((), ()),  # model-dependent: shared_keys_for(model)
     }
     assert set(expected) == set(METHODS)
