@@ -78,6 +78,7 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
         )
     partition_id = int(node[PARTITION_ID])
     cfg = apply_node_config(parse_app_config(dict(context.run_config)), node)
+    _quiet(cfg.client.verbose)
     config = msg.content.config_records[CONFIG]
     server_round = int(config[SERVER_ROUND])
     store = PrivateStore(
@@ -92,6 +93,18 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
         data_root=str(node.get(DATA_ROOT, "") or ""),
     )
     return client, server_round
+
+
+def _quiet(verbose: bool) -> None:
+    """Without client.verbose, the libraries' progress bars (transformers' "Loading weights"
+    bar, one per actor and round in simulation) and their warnings are off."""
+    if verbose:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _timings(

@@ -236,6 +236,9 @@ def _run_job(
         return
     env = dict(os.environ)
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    # Ray's notice about a future default, printed by every actor: nothing a user can act on
+    # (it reaches the actors when this call starts the local SuperLink).
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     result = _run_flwr(cmd, env)
     record.update(flwr_returncode=result.returncode, flwr_run_id=result.run_id)
     _judge(cfg, outcome, result, env, root, rounds, action, record)

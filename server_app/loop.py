@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from flwr.serverapp.strategy import (
 )
 
 from server_app.phases import RoundTally, evaluate_phase, server_global_eval, train_phase
+from server_app.progress import RunProgress
 from server_app.strategy import SharedPromptFedAvg
 from task.config import AppConfig, parse_app_config
 from task.data.federation import write_run_manifest
@@ -57,8 +59,8 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
     done = run.last_completed_round()
     source = data_source(core.data)
+    listed = source.federation() if source.server_lists else None
     if done is None:
-        listed = source.federation() if source.server_lists else None
         write_run_manifest(core.data, listed, run.root)
         shared = initial_shared(core)
         run.save_checkpoint(0, shared)
@@ -83,14 +85,21 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
         min_available_nodes=srv.min_nodes,
     )
     dp = dp_wrapper(cfg, strategy)
+    progress = RunProgress(run.root, done + 1, srv.num_rounds, cfg.run.tensorboard)
     pending = _pending_round(run)
     if pending is not None and (srv.eval_mode == "separate" or done >= srv.num_rounds):
         # Resumed without a next training round to carry it: evaluate that round by itself.
         fields = evaluate_phase(grid, cfg, strategy, run, shared, pending, RoundTally())
         fields.pop("clients_ok")
         run.update_metrics(pending, {**fields, "evaluated": True, "evaluation": "separate"})
+        log.info("%s", progress.evaluated(pending, fields))
+    if done == 0 and done < srv.num_rounds and method.uses_cached_features and method.trains:
+        images = sum(len(c.train) + len(c.test) for c in listed.clients) if listed else None
+        progress.announce_features(images, core.cache.dir, core.model.name)
+    server = ServerRound(grid, cfg, strategy, dp, run, progress, method.trains)
     for server_round in range(done + 1, srv.num_rounds + 1):
-        shared = _round(grid, cfg, strategy, run, method.trains, shared, server_round, dp)
+        shared = server.round(shared, server_round)
+    progress.close()
 
     rows = run.read_metrics()
     summary = summarise(rows, {"run": name, "experiment": run.experiment_id})
@@ -119,68 +128,67 @@ def dp_wrapper(cfg: AppConfig, strategy: SharedPromptFedAvg):
     return cls(strategy, srv.dp_noise_multiplier, srv.dp_clipping_norm, num_sampled_clients=1)
 
 
-def _round(
-    grid: Grid,
-    cfg: AppConfig,
-    strategy: SharedPromptFedAvg,
-    run: RunDir,
-    trains: bool,
-    shared: dict[str, torch.Tensor],
-    server_round: int,
-    dp: Any = None,
-) -> dict[str, torch.Tensor]:
-    """One round: train phase, evaluation phase (every k rounds), then the round's record
-    (checkpoint and metrics line); returns the new shared prompt.
+@dataclass
+class ServerRound:
+    """What every round of a run works with (built once by run_server)."""
 
-    With ``server.eval-mode=fused`` the evaluation of round r's model rides in round r + 1's
-    training messages (which carry that model anyway) and fills round r's line when the
-    replies arrive; only the last round sends a separate evaluate message.
-    """
-    srv = cfg.server
-    t0 = time.perf_counter()
-    tally = RoundTally()
-    record: dict[str, Any] = {"round": server_round, "train_loss": None}
-    fused = srv.eval_mode == "fused" and trains
-    if trains:  # also methods that share nothing (local training): they still train
-        pending = _pending_round(run) if fused else None
-        shared, train, evaluation = train_phase(
-            grid, cfg, strategy, dp, run, shared, server_round, tally, pending
+    grid: Grid
+    cfg: AppConfig
+    strategy: SharedPromptFedAvg
+    dp: Any
+    run: RunDir
+    progress: RunProgress
+    trains: bool
+
+    def round(self, shared: dict[str, torch.Tensor], server_round: int) -> dict[str, torch.Tensor]:
+        """One round: train phase, evaluation phase (every k rounds), then the round's record
+        (checkpoint and metrics line); returns the new shared prompt.
+
+        With ``server.eval-mode=fused`` the evaluation of round r's model rides in round
+        r + 1's training messages (which carry that model anyway) and fills round r's line when
+        the replies arrive; only the last round sends a separate evaluate message.
+        """
+        cfg, run, srv = self.cfg, self.run, self.cfg.server
+        t0 = time.perf_counter()
+        tally = RoundTally()
+        record: dict[str, Any] = {"round": server_round, "train_loss": None}
+        fused = srv.eval_mode == "fused" and self.trains
+        arrived = None  # the log text of an evaluation that arrived in this round
+        if self.trains:  # also methods that share nothing (local training): they still train
+            pending = _pending_round(run) if fused else None
+            shared, train, evaluation = train_phase(
+                self.grid, cfg, self.strategy, self.dp, run, shared, server_round, tally, pending
+            )
+            record.update(train)
+            if pending is not None and evaluation is not None:
+                run.update_metrics(pending, evaluation)
+                if evaluation.get("evaluated"):
+                    arrived = self.progress.evaluated(pending, evaluation)
+        due = server_round % srv.eval_every == 0 or server_round == srv.num_rounds
+        now = due and (not fused or server_round == srv.num_rounds)
+        record.update(
+            evaluated=now,
+            evaluation=("fused-pending" if due and not now else srv.eval_mode) if due else None,
+            personalised_accuracy=None,
+            global_accuracy=None,
+            global_eval=srv.global_eval if due else None,
         )
-        record.update(train)
-        if pending is not None and evaluation is not None:
-            run.update_metrics(pending, evaluation)
-    due = server_round % srv.eval_every == 0 or server_round == srv.num_rounds
-    now = due and (not fused or server_round == srv.num_rounds)
-    record.update(
-        evaluated=now,
-        evaluation=("fused-pending" if due and not now else srv.eval_mode) if due else None,
-        personalised_accuracy=None,
-        global_accuracy=None,
-        global_eval=srv.global_eval if due else None,
-    )
-    if now:
-        fields = evaluate_phase(grid, cfg, strategy, run, shared, server_round, tally)
-        record.setdefault("clients_ok", fields.pop("clients_ok"))  # the train phase's count wins
-        record.update(fields)
-    elif due and srv.global_eval == "server":  # needs no client: scored now
-        record.update(server_global_eval(cfg, shared))
-    record.update(tally.metrics(srv.fp16_transport))
-    run.save_checkpoint(server_round, shared)
-    record["round_seconds"] = time.perf_counter() - t0
-    run.append_metrics(record)
-    log.info(
-        "round %d: train_loss=%s personalised=%s global=%s ok=%s failed=%d rejected=%d (%.1fs)%s",
-        server_round,
-        record["train_loss"],
-        record["personalised_accuracy"],
-        record["global_accuracy"],
-        record.get("clients_ok"),
-        tally.failed,
-        len(tally.rejected),
-        record["round_seconds"],
-        " (evaluated in the next round's messages)" if due and not now else "",
-    )
-    return shared
+        if now:
+            fields = evaluate_phase(self.grid, cfg, self.strategy, run, shared, server_round, tally)
+            record.setdefault("clients_ok", fields.pop("clients_ok"))  # train phase's count wins
+            record.update(fields)
+        elif due and srv.global_eval == "server":  # needs no client: scored now
+            record.update(server_global_eval(cfg, shared))
+        record.update(tally.metrics(srv.fp16_transport))
+        run.save_checkpoint(server_round, shared)
+        record["round_seconds"] = time.perf_counter() - t0
+        run.append_metrics(record)
+        if now:
+            arrived = " | ".join(
+                filter(None, [arrived, self.progress.evaluated(server_round, record)])
+            )
+        self.progress.round_done(record, arrived, tally)
+        return shared
 
 
 def _pending_round(run: RunDir) -> int | None:

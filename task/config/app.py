@@ -158,6 +158,12 @@ class RunSection:
         resumable=True,
         **_AUX,
     )
+    tensorboard: bool = key(
+        True,
+        "TensorBoard scalars per round in `<run dir>/tensorboard/` (`tensorboard --logdir runs`)",
+        resumable=True,
+        **_AUX,
+    )
 
     def validate(self) -> None:
         if "/" in self.name or self.name in (".", ".."):
@@ -177,6 +183,12 @@ class ClientSection:
     )
     progress: bool = key(
         False, "progress bars for client feature extraction", resumable=True, **_AUX
+    )
+    verbose: bool = key(
+        False,
+        "the ClientApp's library progress bars and warnings (weight loading, ...), off by default",
+        resumable=True,
+        **_AUX,
     )
     on_corrupt: str = key(
         "error",

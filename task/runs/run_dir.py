@@ -191,34 +191,42 @@ class RunDir:
         _atomic_write(self.root / "summary.json", json.dumps(_jsonable(summary), indent=1))
 
     def plot_curves(self) -> Path:
-        """curves.png: accuracies (left) and train loss (right) per round."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        rows = self.read_metrics()
-        fig = Figure(figsize=(9, 3.5))
-        FigureCanvasAgg(fig)
-        ax_acc, ax_loss = fig.subplots(1, 2)
-        for key, label in (
-            ("personalised_accuracy", "personalised"),
-            ("global_accuracy", "global (shared only)"),
-        ):
-            pts = [(m["round"], m[key]) for m in rows if _finite(m.get(key))]
-            if pts:
-                ax_acc.plot(*zip(*pts, strict=True), marker="o", label=label)
-        ax_acc.set_xlabel("round")
-        ax_acc.set_ylabel("accuracy")
-        ax_acc.legend(loc="lower right", fontsize=8)
-        pts = [(m["round"], m["train_loss"]) for m in rows if _finite(m.get("train_loss"))]
-        if pts:
-            ax_loss.plot(*zip(*pts, strict=True), marker="o", color="tab:red")
-        ax_loss.set_xlabel("round")
-        ax_loss.set_ylabel("train loss")
-        fig.suptitle(self.root.name, fontsize=9)
-        fig.tight_layout()
+        """curves.png: accuracies (left, with zero-shot dashed) and train loss (right)."""
         path = self.root / "curves.png"
-        fig.savefig(path, dpi=110)
+        curves_figure(self.read_metrics(), self.root.name).savefig(path, dpi=110)
         return path
+
+
+def curves_figure(rows: list[Mapping[str, Any]], title: str) -> Any:
+    """The figure of curves.png: personalised and global accuracy per round, the frozen
+    model's zero-shot accuracy on the same images as a dashed line, and the train loss."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for key, label in (
+        ("personalised_accuracy", "personalised"),
+        ("global_accuracy", "global (shared only)"),
+    ):
+        pts = [(m["round"], m[key]) for m in rows if _finite(m.get(key))]
+        if pts:
+            ax_acc.plot(*zip(*pts, strict=True), marker="o", label=label)
+    zs = next((m["zeroshot_accuracy"] for m in rows if _finite(m.get("zeroshot_accuracy"))), None)
+    if zs is not None:  # the frozen model on the same images: what training gained
+        ax_acc.axhline(zs, color="gray", linestyle="--", label="zero-shot")
+    ax_acc.set_xlabel("round")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend(loc="lower right", fontsize=8)
+    pts = [(m["round"], m["train_loss"]) for m in rows if _finite(m.get("train_loss"))]
+    if pts:
+        ax_loss.plot(*zip(*pts, strict=True), marker="o", color="tab:red")
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("train loss")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def summarise(rows: list[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict:
@@ -328,6 +336,15 @@ def summary_table(summary: Mapping[str, Any], cfg: Any, root: Path, curves: Path
         ("run directory", str(root)),
         ("curves", str(curves)),
     ]
+    notes = []
+    if _finite(pers) and _finite(glob) and pers < glob:
+        notes.append(
+            f"the personalised model is {100 * (glob - pers):.1f} points below the global one"
+        )
+    if _finite(pers) and _finite(zs) and pers < zs:
+        notes.append(f"the personalised model is {100 * (zs - pers):.1f} points below zero-shot")
+    if notes:
+        rows.insert(3, ("note", "; ".join(notes)))
     width = max(len(k) for k, _ in rows)
     head = (
         f"{core.method.name} on {core.data.dataset}, {core.data.num_clients} clients, "
