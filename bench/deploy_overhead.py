@@ -85,7 +85,7 @@ def process_start_cost(work: Path, cfg: dict, repeats: int = 3) -> dict[str, flo
         t0 = time.perf_counter()
         import client_app.app  # noqa: F401
         t1 = time.perf_counter()
-        from task.local.client import make_client
+        from task.local.kinds import make_client
         from task.config import parse_app_config
         from task.local.private_store import PrivateStore
         cfg = parse_app_config(json.loads({json.dumps(json.dumps(cfg))}))

@@ -37,7 +37,9 @@ from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 from flwr.clientapp.typing import ClientAppCallable, Mod  # noqa: E402
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
 
+from protocol.appcode import app_digest, code_location  # noqa: E402
 from protocol.keys import (  # noqa: E402
+    APP_DIGEST,
     ARRAYS,
     CONFIG,
     DATA_ROOT,
@@ -52,7 +54,8 @@ from protocol.keys import (  # noqa: E402
 from protocol.messages import from_record, to_record  # noqa: E402
 from protocol.replies import EvalReply, TrainReply  # noqa: E402
 from task.config import apply_node_config, parse_app_config  # noqa: E402
-from task.local.client import ClientEval, FederatedClient, make_client  # noqa: E402
+from task.local.client import ClientEval, FederatedClient  # noqa: E402
+from task.local.kinds import make_client  # noqa: E402
 from task.local.private_store import PrivateStore  # noqa: E402
 
 FAULT_ENV = "FEDRSCLIP_FAULT"  # tests only: see testkit.faults
@@ -80,6 +83,7 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
     cfg = apply_node_config(parse_app_config(dict(context.run_config)), node)
     _quiet(cfg.client.verbose)
     config = msg.content.config_records[CONFIG]
+    _same_code(config.get(APP_DIGEST))
     server_round = int(config[SERVER_ROUND])
     store = PrivateStore(
         cfg.client.private_dir, str(config[EXPERIMENT]), partition_id, cfg.client.on_corrupt
@@ -93,6 +97,19 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
         data_root=str(node.get(DATA_ROOT, "") or ""),
     )
     return client, server_round
+
+
+def _same_code(server_digest: object) -> None:
+    """Refuse to serve a ServerApp that runs other code (protocol.appcode explains how)."""
+    if server_digest is None or server_digest == app_digest():
+        return
+    raise RuntimeError(
+        f"this ClientApp runs other code (digest {app_digest()}, modules from "
+        f"{code_location()}) than the ServerApp ({server_digest}). In a simulation the clients "
+        "import the directory the local SuperLink was started from: stop it (e.g. `pkill -f "
+        "flower-superlink`) and start the run again from the app's own directory; on a "
+        "SuperNode, reinstall the app it was sent"
+    )
 
 
 def _quiet(verbose: bool) -> None:
@@ -200,11 +217,21 @@ def _eval_metrics(
     return reply.to_metrics()
 
 
+def query(msg: Message, context: Context) -> Message:
+    """Which partition this node holds (its node config): a server that sends each node its
+    own content (pFedMoAP's experts) asks once when it resumes a run."""
+    pid = context.node_config.get(PARTITION_ID)
+    if isinstance(pid, bool) or not isinstance(pid, int | str):
+        raise ValueError("node config has no partition-id")
+    return Message(RecordDict({METRICS: MetricRecord({PARTITION_ID: int(pid)})}), reply_to=msg)
+
+
 def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     """The ClientApp with this module's handlers (``extra_mods``: e.g. testkit.faults)."""
     client_app = ClientApp(mods=[dp_clipping_mod, *extra_mods])
     client_app.train()(train)
     client_app.evaluate()(evaluate)
+    client_app.query()(query)
     return client_app
 
 

@@ -21,6 +21,7 @@ SERVER_ROUND = "server-round"  # set by Flower's FedAvg.configure_train / config
 EXPERIMENT = "experiment"  # the run's experiment id: names the client's private store
 EVALUATE_ROUND = "evaluate-round"
 ZEROSHOT = "zeroshot"  # also report the frozen zero-shot accuracy (first evaluation of a run)
+APP_DIGEST = "app-digest"  # the server's protocol.appcode.app_digest: the client must match it
 
 # -- node-config keys (the SuperNode's own settings) ---------------------------------------
 PARTITION_ID = "partition-id"  # also a metric key: every reply says which partition it is

@@ -38,7 +38,7 @@ TUNING_RUNS=${TUNING_RUNS:-$PWD/runs-standin-tuning}
 VAL="++run_config.data.val-fraction=0.2"
 # shellcheck disable=SC2206
 COMMON=(recipe=standin "rounds=$ROUNDS" launch.continue_on_error=true ${GRID_OVERRIDES:-})
-MAIN=zeroshot,local,promptfl,fedprox,fedotp,fedpgp,promptfolio,fedrsclip
+MAIN=zeroshot,local,promptfl,fedprox,fedotp,fedpgp,promptfolio,pfedmoap,fedrsclip
 ABLATIONS=fedrsclip-noprivate,fedrsclip-nodpa,fedrsclip-noot,fedrsclip-separate,fedrsclip-concat
 # Settings tuning chose beyond recipe=standin (docs/results/tuning.md); empty = the defaults.
 TUNED=${TUNED:-}

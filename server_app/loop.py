@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
 )
 
+from server_app.experts import ExpertRouter
 from server_app.phases import RoundTally, evaluate_phase, server_global_eval, train_phase
 from server_app.progress import RunProgress
 from server_app.strategy import SharedPromptFedAvg
@@ -86,17 +87,18 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     )
     dp = dp_wrapper(cfg, strategy)
     progress = RunProgress(run.root, done + 1, srv.num_rounds, cfg.run.tensorboard)
+    router = expert_router(cfg, run, grid, done, shared)
     pending = _pending_round(run)
     if pending is not None and (srv.eval_mode == "separate" or done >= srv.num_rounds):
         # Resumed without a next training round to carry it: evaluate that round by itself.
-        fields = evaluate_phase(grid, cfg, strategy, run, shared, pending, RoundTally())
+        fields = evaluate_phase(grid, cfg, strategy, run, shared, pending, RoundTally(), router)
         fields.pop("clients_ok")
         run.update_metrics(pending, {**fields, "evaluated": True, "evaluation": "separate"})
         log.info("%s", progress.evaluated(pending, fields))
     if done == 0 and done < srv.num_rounds and method.uses_cached_features and method.trains:
         images = sum(len(c.train) + len(c.test) for c in listed.clients) if listed else None
         progress.announce_features(images, core.cache.dir, core.model.name)
-    server = ServerRound(grid, cfg, strategy, dp, run, progress, method.trains)
+    server = ServerRound(grid, cfg, strategy, dp, run, progress, method.trains, router)
     for server_round in range(done + 1, srv.num_rounds + 1):
         shared = server.round(shared, server_round)
     progress.close()
@@ -108,6 +110,20 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     log.info("run %s finished: %s", name, {k: summary[k] for k in list(summary)[:5]})
     log.info("%s", summary_table(summary, cfg, run.root, curves))
     return summary
+
+
+def expert_router(
+    cfg: AppConfig, run: RunDir, grid: Grid, done: int, shared: dict[str, torch.Tensor]
+) -> ExpertRouter | None:
+    """pFedMoAP's per-node experts (None for every method that sends all clients the same)."""
+    count = get_method(cfg.core.method.name).expert_count(cfg.core.prompt)
+    if count <= 0:
+        return None
+    (key,) = shared  # the one shared prompt: every client's latest is an expert for the others
+    router = ExpertRouter(run, count, key, cfg.server.fp16_transport)
+    router.resume(done)
+    router.learn_nodes(grid, cfg.server.timeout)
+    return router
 
 
 def dp_wrapper(cfg: AppConfig, strategy: SharedPromptFedAvg):
@@ -139,6 +155,7 @@ class ServerRound:
     run: RunDir
     progress: RunProgress
     trains: bool
+    router: ExpertRouter | None = None
 
     def round(self, shared: dict[str, torch.Tensor], server_round: int) -> dict[str, torch.Tensor]:
         """One round: train phase, evaluation phase (every k rounds), then the round's record
@@ -157,7 +174,16 @@ class ServerRound:
         if self.trains:  # also methods that share nothing (local training): they still train
             pending = _pending_round(run) if fused else None
             shared, train, evaluation = train_phase(
-                self.grid, cfg, self.strategy, self.dp, run, shared, server_round, tally, pending
+                self.grid,
+                cfg,
+                self.strategy,
+                self.dp,
+                run,
+                shared,
+                server_round,
+                tally,
+                pending,
+                self.router,
             )
             record.update(train)
             if pending is not None and evaluation is not None:
@@ -174,7 +200,9 @@ class ServerRound:
             global_eval=srv.global_eval if due else None,
         )
         if now:
-            fields = evaluate_phase(self.grid, cfg, self.strategy, run, shared, server_round, tally)
+            fields = evaluate_phase(
+                self.grid, cfg, self.strategy, run, shared, server_round, tally, self.router
+            )
             record.setdefault("clients_ok", fields.pop("clients_ok"))  # train phase's count wins
             record.update(fields)
         elif due and srv.global_eval == "server":  # needs no client: scored now

@@ -18,8 +18,10 @@ import torch
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from protocol.keys import EVALUATE_ROUND, EXPERIMENT, ZEROSHOT
+from protocol.appcode import app_digest
+from protocol.keys import APP_DIGEST, EVALUATE_ROUND, EXPERIMENT, ZEROSHOT
 from protocol.messages import content_bytes, payload_bytes, to_record
+from server_app.experts import ExpertRouter
 from server_app.strategy import EvaluationOutcome, RoundReport, SharedPromptFedAvg
 from task.config import AppConfig
 from task.local.global_model import global_evaluate
@@ -107,13 +109,18 @@ def exchange(
     config: dict[str, Any],
     tally: RoundTally,
     purpose: str,
+    router: ExpertRouter | None = None,
 ) -> Exchanged:
     """Sample nodes (seeded per round and phase, so a replay samples alike), send the shared
-    state encoded once, wait for the replies; nodes that sent nothing are logged."""
+    state encoded once (plus each node's own experts with pFedMoAP's ``router``), wait for the
+    replies; nodes that sent nothing are logged."""
     srv = cfg.server
     random.seed(derive_seed(cfg.core.train.seed, server_round, -1, purpose))
+    config = {**config, APP_DIGEST: app_digest()}
     record = to_record(shared, srv.fp16_transport)
     messages = list(configure(server_round, record, ConfigRecord(config), grid))
+    if router is not None:
+        router.attach(messages)
     tally.sent(messages)
     sent_at = time.time()
     replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
@@ -140,6 +147,7 @@ def train_phase(
     server_round: int,
     tally: RoundTally,
     evaluate_round: int | None = None,
+    router: ExpertRouter | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any] | None]:
     """Send the global state, aggregate the valid replies (through the DP wrapper if any);
     returns the new shared state, the phase's record fields and, when ``evaluate_round`` asked
@@ -151,7 +159,9 @@ def train_phase(
         if needs_zeroshot(run):
             config[ZEROSHOT] = True
     trainer = dp if dp is not None else strategy
-    ex = exchange(grid, cfg, trainer.configure_train, shared, server_round, config, tally, "sample")
+    ex = exchange(
+        grid, cfg, trainer.configure_train, shared, server_round, config, tally, "sample", router
+    )
     tally.payload = payload_bytes(ex.messages[0].content) if ex.messages else 0
     if dp is not None:
         dp.num_sampled_clients = max(1, len(ex.messages))
@@ -172,6 +182,8 @@ def train_phase(
         log.error("%s", err)
         raise err
     tally.absorb(rep)
+    if router is not None:
+        router.update(outcome.kept, server_round)
     fields: dict[str, Any] = {
         "clients_ok": rep.ok,
         "train_sent_at": ex.sent_at,
@@ -222,6 +234,7 @@ def evaluate_phase(
     shared: dict[str, torch.Tensor],
     server_round: int,
     tally: RoundTally,
+    router: ExpertRouter | None = None,
 ) -> dict[str, Any]:
     """Ask the clients to score the global state (personalised with their private parts), and
     the first time in a run also the frozen zero-shot model; returns the record fields."""
@@ -237,6 +250,7 @@ def evaluate_phase(
         config,
         tally,
         "sample-eval",
+        router,
     )
     outcome = strategy.evaluation_outcome(ex.replies, ex.messages)
     tally.absorb(outcome.report, ex.missing)

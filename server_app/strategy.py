@@ -95,6 +95,7 @@ class TrainOutcome:
     train_loss: float | None
     report: RoundReport
     num_examples: int | float = 0  # summed over the replies averaged in
+    kept: list[Reply] = field(default_factory=list)  # the replies averaged in
 
 
 @dataclass
@@ -237,7 +238,7 @@ class SharedPromptFedAvg(FedAvg):
         if dp is None:
             shared, loss = self._average(screening, sent)
             total = sum(r.num_examples for r in screening.kept)
-            return TrainOutcome(shared, loss, screening.report, total)
+            return TrainOutcome(shared, loss, screening.report, total, screening.kept)
         # The DP wrapper clips whatever it is given and skips the round on any error reply:
         # give it only replies that passed validation.
         self._dp_round = (screening, sent)
@@ -249,7 +250,8 @@ class SharedPromptFedAvg(FedAvg):
             return TrainOutcome(None, None, screening.report)
         shared = {k: v.to(torch.float32) for k, v in from_record(arrays).items()}
         total = metrics[NUM_EXAMPLES]
-        return TrainOutcome(shared, float(metrics[TRAIN_LOSS]), screening.report, total)
+        loss = float(metrics[TRAIN_LOSS])
+        return TrainOutcome(shared, loss, screening.report, total, screening.kept)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

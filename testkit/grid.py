@@ -41,9 +41,12 @@ class InProcessGrid(Grid):
         node_config: dict[str, Any] | None = None,
         tamper: Callable[[int, Message], Message] | None = None,
         fail_after: int | None = None,
+        first_node_id: int = 101,
     ) -> None:
+        """``first_node_id``: node ids are first_node_id + 7 i for partition i (another value
+        plays a restarted federation, whose nodes have new ids)."""
         self.app = client_app
-        self.node_ids = [101 + 7 * i for i in range(num_nodes)]
+        self.node_ids = [first_node_id + 7 * i for i in range(num_nodes)]
         self.contexts = {
             nid: Context(
                 run_id=1,

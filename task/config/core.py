@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from task.config.data import DataConfig
@@ -60,6 +61,10 @@ class PromptConfig:
         "choose θ on (stratified, fixed per client)",
     )
     mix_grid: int = key(11, "`auto`: θ is chosen from this many evenly spaced values in [0, 1]")
+    experts: int = key(10, "`pfedmoap`: experts per client, its own prompt included (K)")
+    gate_dim: int = key(128, "`pfedmoap`: width of the attention gate (features pooled to it)")
+    gate_heads: int = key(8, "`pfedmoap`: attention heads of the gate")
+    gate_scaling: float = key(10.0, "`pfedmoap`: scale of the gate's attention scores")
 
     def validate(self) -> None:
         if self.n_ctx < 1 or self.n_ctx > 32:
@@ -77,6 +82,15 @@ class PromptConfig:
             raise ConfigError(f"prompt.mix-holdout must be in (0, 1), got {self.mix_holdout}")
         if not 2 <= self.mix_grid <= 101:
             raise ConfigError(f"prompt.mix-grid must be in [2, 101], got {self.mix_grid}")
+        if not 1 <= self.experts <= 1000:
+            raise ConfigError(f"prompt.experts must be in [1, 1000], got {self.experts}")
+        if not 1 <= self.gate_heads <= self.gate_dim <= 4096 or self.gate_dim % self.gate_heads:
+            raise ConfigError(
+                f"prompt.gate-dim ({self.gate_dim}) must be a multiple of prompt.gate-heads "
+                f"({self.gate_heads}), both >= 1"
+            )
+        if not (math.isfinite(self.gate_scaling) and self.gate_scaling > 0):
+            raise ConfigError(f"prompt.gate-scaling must be > 0, got {self.gate_scaling}")
 
 
 # The methods a run may name, in report order; task.methods registers exactly these (one module
@@ -89,6 +103,7 @@ METHOD_NAMES = (
     "fedotp",
     "fedpgp",
     "promptfolio",
+    "pfedmoap",
     "fedrsclip",
     "fedrsclip-noprivate",
     "fedrsclip-nodpa",
@@ -136,6 +151,7 @@ class LossConfig:
     prox_mu: float = key(0.01, "μ of `fedprox`'s proximal term")
     pgp_weight: float = key(1.0, "weight of `fedpgp`'s contrastive loss")
     pgp_temp: float = key(1.0, "temperature of `fedpgp`'s contrastive logits")
+    moe_lambda: float = key(0.5, "λ, weight of `pfedmoap`'s local logits beside the experts'")
 
     def validate(self) -> None:
         weights = (
@@ -145,6 +161,7 @@ class LossConfig:
             ("loss.ot-marginal-reg", self.ot_marginal_reg),
             ("loss.prox-mu", self.prox_mu),
             ("loss.pgp-weight", self.pgp_weight),
+            ("loss.moe-lambda", self.moe_lambda),
         )
         for name, value in weights:
             if value < 0:

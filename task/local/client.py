@@ -2,7 +2,7 @@
 keep the private part on local disk.
 
 client_app/ is a thin adapter over this module. The method says which kind of client runs it
-(``method.client_kind``, looked up in :data:`CLIENT_KINDS` by :func:`make_client`):
+(``method.client_kind``, looked up in ``task.local.kinds.CLIENT_KINDS`` by ``make_client``):
 
 * :class:`PromptClient` (``prompt``): learns context vectors over cached frozen image features
   (every method but one);
@@ -311,26 +311,3 @@ class FullFinetuneClient(FederatedClient):
         return evaluate_full(
             model, backbone, records, cfg.train.batch_size, skip_corrupt=cfg.data.skip_corrupt
         )
-
-
-CLIENT_KINDS: dict[str, type[FederatedClient]] = {
-    "prompt": PromptClient,
-    "full": FullFinetuneClient,
-}
-
-
-def client_kind(method: Method) -> type[FederatedClient]:
-    return CLIENT_KINDS[method.client_kind]
-
-
-def make_client(
-    cfg: RunConfig,
-    partition_id: int,
-    store: PrivateStore,
-    progress: bool = False,
-    on_corrupt: str = "error",
-    data_root: str = "",
-) -> FederatedClient:
-    """The client kind the method needs (prompt learning or full fine-tuning)."""
-    kind = client_kind(get_method(cfg.method.name))
-    return kind(cfg, partition_id, store, progress, on_corrupt, data_root)

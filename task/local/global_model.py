@@ -10,7 +10,7 @@ import torch
 
 from task.config import RunConfig
 from task.data.source import data_source
-from task.local.client import client_kind
+from task.local.kinds import client_kind
 from task.local.train import EvalResult
 from task.methods import get_method
 from task.model.backbone import get_backbone

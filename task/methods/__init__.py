@@ -17,6 +17,7 @@ from task.methods.fedpgp import FEDPGP
 from task.methods.fedprox import FEDPROX
 from task.methods.fedrsclip import ABLATIONS, FEDRSCLIP
 from task.methods.local import LOCAL
+from task.methods.pfedmoap import PFEDMOAP
 from task.methods.promptfl import PROMPTFL
 from task.methods.promptfolio import PROMPTFOLIO
 from task.methods.zeroshot import ZEROSHOT
@@ -42,6 +43,7 @@ METHODS: dict[str, Method] = {
         FEDOTP,
         FEDPGP,
         PROMPTFOLIO,
+        PFEDMOAP,
         FEDRSCLIP,
         *ABLATIONS,
         FEDAVG_FULL,

@@ -76,6 +76,10 @@ class Method:
         """Shared numbers per round without building a model (None: it depends on the model)."""
         return n_ctx * width if self.shared_keys else 0
 
+    def expert_count(self, prompt: PromptConfig) -> int:
+        """Other clients' prompts each client receives as experts (pFedMoAP); 0: none."""
+        return 0
+
     @property
     def uses_cached_features(self) -> bool:
         """False when the image encoder itself trains (features cannot be cached)."""

@@ -121,6 +121,26 @@ class RunDir:
     def load_checkpoint(self, server_round: int) -> dict[str, torch.Tensor]:
         return load_file(str(self.checkpoint_path(server_round)))
 
+    def extra_path(self, name: str, server_round: int) -> Path:
+        return self.root / "checkpoints" / f"{name}-r{server_round:05d}.safetensors"
+
+    def save_extra(self, name: str, server_round: int, state: Mapping[str, torch.Tensor]) -> Path:
+        """Server state beside a round's checkpoint (e.g. pFedMoAP's latest prompt per client),
+        written the same atomic way and dropped with the round by truncate_after."""
+        path = self.extra_path(name, server_round)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load_extra(self, name: str, server_round: int) -> dict[str, torch.Tensor]:
+        path = self.extra_path(name, server_round)
+        return load_file(str(path)) if path.is_file() else {}
+
     # -- metrics ----------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
         """Complete metric lines, in file order (a torn last line is ignored); a copy."""
@@ -182,7 +202,7 @@ class RunDir:
     def truncate_after(self, server_round: int) -> None:
         """Drop metric lines and checkpoints of rounds after ``server_round`` (a torn round)."""
         self._write_rows([m for m in self.read_metrics() if int(m["round"]) <= server_round])
-        for path in (self.root / "checkpoints").glob("global-r*.safetensors"):
+        for path in (self.root / "checkpoints").glob("*-r*.safetensors"):
             if int(path.stem.split("-r")[-1]) > server_round:
                 path.unlink()
 

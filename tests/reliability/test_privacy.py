@@ -158,3 +158,28 @@ def test_central_dp_server_side_clipping_is_seeded(tmp_path: Path, tiny_clip_dir
         noisy.append(load_file(str(Path(c["run.dir"]) / name / "checkpoints" / ckpt.name)))
     assert torch.equal(noisy[0]["shared_ctx"], noisy[1]["shared_ctx"])
     assert not torch.equal(noisy[0]["shared_ctx"], new)
+
+
+@pytest.mark.slow
+def test_pfedmoap_shares_its_prompt_and_keeps_its_gate(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """pFedMoAP declares each client's trained prompt shared (the server averages it and sends it
+    to other clients as an expert); the attention gate never leaves the node."""
+    cfg = setup_run(tmp_path, tiny_clip_dir, **{"server.num-rounds": 3, "method.name": "pfedmoap"})
+    grid = run(cfg)
+    numel = load_file(
+        str(Path(cfg["run.dir"]) / "tiny" / "checkpoints" / "global-r00000.safetensors")
+    )["shared_ctx"].numel()
+    gates = []
+    for f in Path(cfg["client.private-dir"]).rglob("private-r*.safetensors"):
+        state = load_file(str(f))["private"]
+        gate = state[numel:]
+        if gate.numel():
+            gates += [gate[i : i + 16].contiguous().numpy().tobytes() for i in range(0, 256, 16)]
+    assert gates, "no client kept a gate"
+    secrets = {**_secrets(tmp_path, cfg), "private": gates}
+    for msg in grid.replies:
+        if msg.metadata.message_type == "query":
+            continue
+        _check_reply(msg, secrets, numel)
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert any("expert_ctx" in m.content["arrays"] for m in sent)  # others' prompts, declared

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from task.config import LossConfig, PromptConfig, parse_app_config
-from task.local.client import SELECTION_SEED, make_client
+from task.local.client import SELECTION_SEED
 from task.local.evaluate import choose_mix, evaluate, prompt_features
 from task.local.features import FeatureSet, selection_split
+from task.local.kinds import make_client
 from task.local.private_store import PrivateStore, PrivateStoreError
 from task.local.train import TrainConfig, train
 from task.methods import get_method
