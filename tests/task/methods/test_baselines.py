@@ -21,7 +21,8 @@ from task.methods.ot import patch_prompt_ot, unbalanced_sinkhorn_plan
 from task.model.prompts import PRIVATE_KEY, SHARED_KEY
 from testkit.images import TINY_CLASSES
 
-PROMPT_METHODS = [n for n, m in METHODS.items() if m.trains and m.uses_cached_features]
+# Methods the generic loop trains (pfedmoap's own loop: tests/task/methods/test_pfedmoap.py).
+PROMPT_METHODS = [n for n, m in METHODS.items() if m.trains and m.client_kind == "prompt"]
 ONE_STEP = TrainConfig(epochs=1, batch_size=64, lr=0.01)
 
 
@@ -87,6 +88,7 @@ def test_shared_and_private_keys_per_method(tiny_backbone):
         "fedrsclip-noot": ((SHARED_KEY,), (PRIVATE_KEY,)),
         "fedrsclip-separate": ((SHARED_KEY,), (PRIVATE_KEY,)),
         "promptfolio": ((SHARED_KEY,), (PRIVATE_KEY,)),
+        "pfedmoap": ((SHARED_KEY,), (PRIVATE_KEY,)),  # private: [own prompt; gate], packed
         "fedrsclip-concat": ((SHARED_KEY,), (PRIVATE_KEY,)),
         "fedavg-full": ((), ()),  # model-dependent: shared_keys_for(model)
     }
