@@ -10,7 +10,7 @@ from task.config.fields import ConfigError, choice, key
 
 DTYPES = ("float32", "bfloat16", "float16")
 # How a personalised CLIP head combines the shared and private prompts (task.methods.personal).
-PERSONAL_HEADS = ("private", "mix", "auto")
+PERSONAL_HEADS = ("private", "mix", "auto", "entropy")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class PromptConfig:
         "private",
         "class features of `fedrsclip`'s personalised CLIP head: `private` (the personal "
         "prompt's), `mix` (normalize((1 - θ) s_c + θ p_c), θ = `prompt.mix-theta`) or `auto` "
-        "(θ chosen per client on its selection split, docs/method.md §4.3)",
+        "(θ chosen per client on its selection split) or `entropy` (θ = 1 - H(labels) / log C "
+        "of the client's training labels), docs/method.md §4.3",
     )
     mix_theta: float = key(
         0.4,

@@ -17,6 +17,7 @@ partition), so a resumed run replays exactly what an uninterrupted one would hav
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,18 @@ class PromptClient(FederatedClient):
         feats = self.features("train")
         return self.selection_split(feats)[0] if self.head_kind == "auto" else feats
 
+    def label_mix(self) -> float:
+        """θ of the ``entropy`` head, from this client's training labels only: 1 - H(p)/log C
+        (a client holding every class equally gets 0, the shared prompt; one class, 1)."""
+        n_classes = len(self.fed.class_names)
+        labels = torch.tensor([r.label for r in self.data.train], dtype=torch.long)
+        if n_classes < 2 or len(labels) == 0:
+            return 0.0
+        p = torch.bincount(labels, minlength=n_classes).double()
+        p = p[p > 0] / p.sum()
+        entropy = float(-(p * p.log()).sum())
+        return min(1.0, max(0.0, 1.0 - entropy / math.log(n_classes)))
+
     def selection_split(self, feats: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
         seed = (self.cfg.data.seed, self.partition_id, SELECTION_SEED)
         return selection_split(feats, self.cfg.prompt.mix_holdout, seed)
@@ -120,6 +133,10 @@ class PromptClient(FederatedClient):
         text = dataclasses.replace(text, mix_renorm=self.method.mix_renorm)
         if self.head_kind == "mix":
             return dataclasses.replace(text, mix=prompt.mix_theta)
+        if self.head_kind == "entropy":
+            theta = self.label_mix()
+            self.store.save_mix(server_round, theta)
+            return dataclasses.replace(text, mix=theta)
         if self.head_kind != "auto":
             return text
         selection = self.selection_split(self.features("train"))[1]
@@ -200,6 +217,7 @@ class PromptClient(FederatedClient):
             self.cfg.train,
             self.backbone.logit_scale,
             seed=self._seed(server_round),
+            mix=self.label_mix() if self.head_kind == "entropy" else None,
         )
         state = learner.state_dict()
         if self.method.private_keys:

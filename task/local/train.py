@@ -55,20 +55,21 @@ def train(
     logit_scale: float,
     seed: int,
     global_state: Mapping[str, torch.Tensor] | None = None,
+    mix: float | None = None,
 ) -> TrainResult:
     """Local epochs of SGD/AdamW on the learner's context vectors; returns mean loss.
 
     ``global_state``: the round's global shared tensors (FedProx's anchor; default: the
-    learner's shared tensors as they are when ``train`` starts). The personalised CLIP head
-    trains as the method and the learner's prompt config say (``Method.train_mix``: a fixed
-    mix of the two prompts, or the personal prompt alone).
+    learner's shared tensors as they are when ``train`` starts). ``mix``: θ of the
+    personalised CLIP head, a client's own (``entropy`` head); None: as the method and the
+    learner's prompt config say (``Method.train_mix``: a fixed mix, or the personal prompt).
     """
     if not method.uses_cached_features:
         raise ValueError(f"{method.name} trains on images: use task.local.train_full")
     if not method.trains or train_cfg.epochs == 0 or len(features) == 0:
         return TrainResult(0.0, 0, 0)
     penalty = method.parameter_penalty(learner, loss_cfg, global_state)
-    mix = method.train_mix(learner.cfg)
+    mix = method.train_mix(learner.cfg) if mix is None else mix
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, train_cfg)
     generator = torch.Generator().manual_seed(seed)

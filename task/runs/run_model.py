@@ -116,7 +116,7 @@ def _personal_mix(method: Any, cfg: Any, store: Path, final_round: int) -> float
     kind = method.personal_head_for(cfg.prompt)
     if kind == "mix":
         return cfg.prompt.mix_theta
-    if kind != "auto":
+    if kind not in ("auto", "entropy"):
         return None
     client_dir = store if store.is_dir() else store.parent
     ps = PrivateStore(client_dir.parent.parent, client_dir.parent.name, 0)

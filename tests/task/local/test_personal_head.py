@@ -88,6 +88,25 @@ def test_selection_split_is_stratified_disjoint_and_fixed():
     assert len(selection_split(lone, 0.2, (0, 0, SELECTION_SEED))[1]) == 0
 
 
+def test_entropy_mix_follows_the_clients_label_spread():
+    from types import SimpleNamespace
+
+    from task.data.records import ImageRecord
+    from task.local.client import PromptClient
+
+    def theta(labels: list[int], n_classes: int = 4) -> float:
+        data = SimpleNamespace(
+            train=[ImageRecord(f"{i}", f"{i}.png", y) for i, y in enumerate(labels)]
+        )
+        fed = SimpleNamespace(class_names=[str(c) for c in range(n_classes)])
+        return PromptClient.label_mix(SimpleNamespace(data=data, fed=fed))
+
+    assert theta([0, 1, 2, 3] * 5) == pytest.approx(0.0, abs=1e-12)  # every class: S alone
+    assert theta([2] * 9) == 1.0  # one class: P alone
+    assert theta([0, 0, 1, 1]) == pytest.approx(0.5)  # two of four classes, evenly
+    assert 0.5 < theta([0] * 9 + [1]) < 1.0
+
+
 def test_mix_theta_is_kept_checksummed_and_pruned(tmp_path: Path):
     store = PrivateStore(tmp_path, "exp", 0)
     for r in (1, 2, 3):
@@ -128,7 +147,10 @@ def test_training_with_a_mix_scores_the_mixed_head(tiny_backbone):
 
 
 @pytest.mark.slow
-def test_auto_head_run_export_scores_as_the_evaluation(tmp_path: Path, tiny_clip_dir: Path):
+@pytest.mark.parametrize("head", ["auto", "entropy"])
+def test_auto_head_run_export_scores_as_the_evaluation(
+    tmp_path: Path, tiny_clip_dir: Path, head: str
+):
     """A run with prompt.personal-head=auto: each client trains without its selection split,
     keeps the θ it chose beside its private prompt, and the personalised classifier rebuilt
     from the run (predict/export) gives the client's reported accuracy exactly."""
@@ -136,7 +158,7 @@ def test_auto_head_run_export_scores_as_the_evaluation(tmp_path: Path, tiny_clip
         tmp_path,
         tiny_clip_dir,
         num_clients=2,
-        **{"prompt.personal-head": "auto", "loss.head": "clip", "server.num-rounds": 2},
+        **{"prompt.personal-head": head, "loss.head": "clip", "server.num-rounds": 2},
     )
     run(cfg)
     final = rows(cfg)[-1]
@@ -148,8 +170,11 @@ def test_auto_head_run_export_scores_as_the_evaluation(tmp_path: Path, tiny_clip
         assert 0.0 <= model.mix <= 1.0 and model.info["mix_theta"] == model.mix
         store = PrivateStore(cfg["client.private-dir"], experiment(cfg), pid)
         client = make_client(core, pid, store)
-        held = client.selection_split(client.features("train"))[1]
-        assert len(held) > 0 and not set(held.ids) & set(client.train_features().ids)
+        if head == "auto":
+            held = client.selection_split(client.features("train"))[1]
+            assert len(held) > 0 and not set(held.ids) & set(client.train_features().ids)
+        else:
+            assert model.mix == client.label_mix()
         scorer = classifier_from_prompts(
             client.backbone, model.class_names, core, model.shared_ctx, model.private_ctx, model.mix
         )
