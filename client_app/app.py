@@ -57,6 +57,7 @@ from task.config import apply_node_config, parse_app_config  # noqa: E402
 from task.local.client import ClientEval, FederatedClient  # noqa: E402
 from task.local.kinds import make_client  # noqa: E402
 from task.local.private_store import PrivateStore  # noqa: E402
+from task.locks import locked  # noqa: E402
 
 FAULT_ENV = "FEDRSCLIP_FAULT"  # tests only: see testkit.faults
 
@@ -85,6 +86,8 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
     config = msg.content.config_records[CONFIG]
     _same_code(config.get(APP_DIGEST))
     server_round = int(config[SERVER_ROUND])
+    if server_round < 1 or int(config.get(EVALUATE_ROUND, 1)) < -1:
+        raise ValueError(f"the server sent round {server_round}: rounds start at 1")
     store = PrivateStore(
         cfg.client.private_dir, str(config[EXPERIMENT]), partition_id, cfg.client.on_corrupt
     )
@@ -146,6 +149,9 @@ def _timings(
 def _shared(msg: Message) -> tuple[dict[str, torch.Tensor], bool]:
     record = msg.content.array_records.get(ARRAYS)
     tensors = from_record(record) if record is not None else {}
+    bad = sorted(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise ValueError(f"the server sent non-finite tensors {bad}: refusing to train on them")
     fp16 = any(t.dtype == torch.float16 for t in tensors.values())
     return {k: v.float() for k, v in tensors.items()}, fp16
 
@@ -159,6 +165,13 @@ def train(msg: Message, context: Context) -> Message:
     """
     started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
     client, server_round = _client(msg, context)
+    with locked(client.store.dir, "private store"):
+        return _train(msg, client, server_round, started, t0, c0)
+
+
+def _train(
+    msg: Message, client: FederatedClient, server_round: int, started: float, t0: float, c0: float
+) -> Message:
     shared, fp16 = _shared(msg)
     config = msg.content.config_records[CONFIG]
     records = {}
@@ -194,7 +207,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     client, server_round = _client(msg, context)
     shared, _ = _shared(msg)
     with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT, False))
-    res = client.evaluate(shared, server_round, with_zeroshot)
+    with locked(client.store.dir, "private store"):
+        res = client.evaluate(shared, server_round, with_zeroshot)
     metrics = _eval_metrics(client, res, t0, c0, started)
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from task.config import AppConfig, parse_app_config
 from task.data.federation import write_run_manifest
 from task.data.source import data_source, get_federation
 from task.local.global_model import initial_shared
+from task.locks import locked
 from task.methods import get_method
 from task.runs.preflight import run_preflight
 from task.runs.run_dir import RunDir, summarise, summary_table
@@ -53,11 +55,17 @@ def preflight(cfg: AppConfig) -> None:
 def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
     """Run (or resume) a whole federated experiment; returns the summary."""
     cfg = parse_app_config(flat_config)
-    core, srv = cfg.core, cfg.server
-    method = get_method(core.method.name)
-    name = cfg.run_name
+    get_method(cfg.core.method.name)
     preflight(cfg)
-    run = RunDir.open(cfg.run.dir, name, cfg.to_flat(), cfg.run.resume)
+    # One ServerApp per run directory: a second one (the resume command run twice) stops here.
+    with locked(Path(cfg.run.dir).expanduser() / cfg.run_name, "run directory"):
+        run = RunDir.open(cfg.run.dir, cfg.run_name, cfg.to_flat(), cfg.run.resume)
+        return _run(grid, cfg, run)
+
+
+def _run(grid: Grid, cfg: AppConfig, run: RunDir) -> dict[str, Any]:
+    core, srv, name = cfg.core, cfg.server, cfg.run_name
+    method = get_method(core.method.name)
     done = run.last_completed_round()
     source = data_source(core.data)
     listed = source.federation() if source.server_lists else None
@@ -81,7 +89,7 @@ def run_server(grid: Grid, flat_config: Mapping[str, Any]) -> dict[str, Any]:
         limits=source.example_limits(core.train.epochs),
         fraction_train=srv.fraction_train,
         fraction_evaluate=srv.fraction_evaluate,
-        min_train_nodes=srv.min_replies,
+        min_train_nodes=srv.replies_needed,
         min_evaluate_nodes=1,
         min_available_nodes=srv.min_nodes,
     )

@@ -170,12 +170,12 @@ def train_phase(
     outcome = strategy.train_outcome(server_round, ex.replies, ex.messages, sent, dp)
     rep = outcome.report
     rep.failed += ex.missing
-    if rep.ok < srv.min_replies:
+    if rep.ok < srv.replies_needed:
         err = RoundFailedError(
             f"round {server_round} failed: {rep.ok} valid training repl"
             f"{'y' if rep.ok == 1 else 'ies'} of {len(ex.messages)} sent (failed {rep.failed}, "
             f"rejected {len(rep.rejected)}; reasons: "
-            f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.min_replies}. "
+            f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.replies_needed}. "
             f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
             f"resumes after round {server_round - 1}"
         )

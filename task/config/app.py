@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ GLOBAL_EVAL_MODES = ("client", "server", "none")
 EVAL_MODES = ("fused", "separate")
 DP_MODES = ("off", "server", "client")
 ON_CORRUPT_MODES = ("error", "quarantine")
+# Run names and experiment ids (they name directories on the server and on every node).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 # Where and how to report: neither names a run nor defines a setup.
 _AUX = {"in_name": False, "setup": False}
 
@@ -57,9 +60,10 @@ class ServerConfig:
         3600.0, "seconds to wait for replies each round", resumable=True, setup=False
     )
     min_replies: int = key(
-        1,
+        0,
         "valid training replies a round needs; fewer fails the round (nothing saved; a "
-        "restart replays it); <= `server.min-nodes`",
+        "restart replays it); <= `server.min-nodes`; `0`: 2, or 1 with `server.min-nodes=1` "
+        "(one reply alone would become the global model)",
         resumable=True,
         setup=False,
     )
@@ -106,8 +110,8 @@ class ServerConfig:
             )
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ConfigError(f"server.timeout must be > 0, got {self.timeout}")
-        if self.min_replies < 1:
-            raise ConfigError(f"server.min-replies must be >= 1, got {self.min_replies}")
+        if self.min_replies < 0:
+            raise ConfigError(f"server.min-replies must be >= 0 (0: auto), got {self.min_replies}")
         if self.min_replies > self.min_nodes:
             raise ConfigError(
                 f"server.min-replies ({self.min_replies}) > server.min-nodes ({self.min_nodes}): "
@@ -136,10 +140,19 @@ class ServerConfig:
             raise ConfigError(f"server.dp must be one of {list(DP_MODES)}, got {self.dp!r}")
         if not (math.isfinite(self.dp_clipping_norm) and self.dp_clipping_norm > 0):
             raise ConfigError(f"server.dp-clipping-norm must be > 0, got {self.dp_clipping_norm}")
-        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
+        if not 0 <= self.dp_noise_multiplier <= 1e3:
             raise ConfigError(
-                f"server.dp-noise-multiplier must be >= 0, got {self.dp_noise_multiplier}"
+                f"server.dp-noise-multiplier must be in [0, 1000], got {self.dp_noise_multiplier}"
             )
+        if self.dp_clipping_norm > 1e6:
+            raise ConfigError(
+                f"server.dp-clipping-norm must be <= 1e6, got {self.dp_clipping_norm}"
+            )
+
+    @property
+    def replies_needed(self) -> int:
+        """Valid training replies a round needs (server.min-replies, 0 = auto)."""
+        return self.min_replies or min(2, self.min_nodes)
 
 
 @dataclass
@@ -166,8 +179,11 @@ class RunSection:
     )
 
     def validate(self) -> None:
-        if "/" in self.name or self.name in (".", ".."):
-            raise ConfigError(f"run.name must be a plain directory name, got {self.name!r}")
+        if self.name and not SAFE_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"run.name must be letters, digits, '.', '_' or '-' (not starting with '.'), "
+                f"at most 200 characters; got {self.name!r}"
+            )
 
 
 @dataclass
@@ -232,6 +248,12 @@ class AppConfig:
 
 def check_app(cfg: AppConfig) -> None:
     """Rules that span sections (each section checks its own keys)."""
+    if cfg.server.min_nodes > cfg.core.data.num_clients:
+        raise ConfigError(
+            f"server.min-nodes ({cfg.server.min_nodes}) > data.num-clients "
+            f"({cfg.core.data.num_clients}): the server would wait forever for nodes that "
+            "cannot exist. Fix: lower server.min-nodes"
+        )
     if cfg.core.data.partitioner == "local" and cfg.server.global_eval == "server":
         raise ConfigError(
             "server.global-eval='server' scores the shared prompt on the union of the clients' "

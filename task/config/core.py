@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from task.config.data import DataConfig
 from task.config.fields import ConfigError, choice, key
 
 DTYPES = ("float32", "bfloat16", "float16")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
 # How a personalised CLIP head combines the shared and private prompts (task.methods.personal).
 PERSONAL_HEADS = ("private", "mix", "auto", "entropy")
 
@@ -28,6 +30,10 @@ class ModelConfig:
 
     def validate(self) -> None:
         choice("model.dtype", self.dtype, DTYPES)
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(
+                f"model.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
         if not self.name:
             raise ConfigError("model.name is empty: give a hub id or a local model directory")
 
@@ -173,6 +179,8 @@ class LossConfig:
             raise ConfigError(f"loss.ot-reg (Sinkhorn lambda) must be > 0, got {self.ot_reg}")
         if self.ot_iters < 1:
             raise ConfigError(f"loss.ot-iters must be >= 1, got {self.ot_iters}")
+        if not 0 < self.ot_tol < 1:
+            raise ConfigError(f"loss.ot-tol must be in (0, 1), got {self.ot_tol}")
         if self.pgp_temp <= 0:
             raise ConfigError(f"loss.pgp-temp must be > 0, got {self.pgp_temp}")
         choice("loss.head", self.head, ("clip", "ot", "clip+ot"))
@@ -196,8 +204,12 @@ class TrainConfig:
             raise ConfigError(f"train.epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch-size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"train.lr must be in (0, 10], got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight-decay must be >= 0, got {self.weight_decay}")
         choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
 
 

@@ -17,6 +17,7 @@ used to list by hand:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,8 @@ def coerce(key_name: str, value: Any, hint: Any) -> Any:
             return value
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key_name} must be a finite number, got {value!r}")
             return float(value)
     elif hint is str:
         if isinstance(value, str):

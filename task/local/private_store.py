@@ -64,7 +64,10 @@ class PrivateStore:
             raise ValueError("a private store needs an experiment name (keys the directory)")
         if on_corrupt not in ("error", "quarantine"):
             raise ValueError(f"on_corrupt must be 'error' or 'quarantine', got {on_corrupt!r}")
-        safe = _SAFE.sub("_", experiment)
+        # A server names the experiment: no path may climb out of base_dir (".." or "/").
+        safe = _SAFE.sub("_", experiment).lstrip(".")
+        if not safe:
+            raise ValueError(f"experiment name {experiment!r} names no directory")
         self.dir = Path(base_dir).expanduser() / safe / f"client-{int(partition_id)}"
         self.partition_id = int(partition_id)
         self.on_corrupt = on_corrupt
@@ -114,8 +117,15 @@ class PrivateStore:
 
     def save(self, tensor: torch.Tensor, server_round: int) -> Path:
         """Write the version of ``server_round`` atomically (tmp, fsync, rename), prune old ones."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if server_round < 1:
+            raise ValueError(f"a private prompt belongs to a round >= 1, got {server_round}")
         t = tensor.detach().cpu().contiguous()
+        if not bool(torch.isfinite(t).all()):
+            raise PrivateStoreError(
+                f"refusing to save a non-finite private prompt for round {server_round} in "
+                f"{self.dir} (the last good version is kept)"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path(server_round)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         meta = {"sha256": tensor_sha256(t), "round": str(server_round)}

@@ -107,6 +107,12 @@ class RunDir:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor]) -> Path:
+        bad = sorted(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
+        if bad:
+            raise RunDirError(
+                f"refusing to checkpoint round {server_round}: {bad} hold non-finite values "
+                "(nothing of the round is saved; the run resumes from the round before)"
+            )
         path = self.checkpoint_path(server_round)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -33,7 +33,7 @@ scalars = st.one_of(
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("server.min-replies", 0, "min-replies"),
+        ("server.min-replies", -1, "server.min-replies"),
         ("server.min-replies", 3, "min-replies .* > server.min-nodes"),
         ("server.min-replies", 1.5, "int"),
         ("server.max-norm-ratio", 0.5, "max-norm-ratio"),
@@ -53,6 +53,20 @@ scalars = st.one_of(
         ("data.num-clients", 0, "num-clients"),
         ("train.epochs", 1.5, "train.epochs"),
         ("bogus", 1, "unknown"),
+        # Found by probes (issue 25): non-finite or absurd numbers, unknown devices, names.
+        ("train.lr", float("nan"), "train.lr must be a finite number"),
+        ("loss.alpha", float("inf"), "loss.alpha must be a finite number"),
+        ("prompt.init-std", float("nan"), "prompt.init-std must be a finite number"),
+        ("train.momentum", -5.0, "train.momentum must be in"),
+        ("train.momentum", 7.0, "train.momentum must be in"),
+        ("train.weight-decay", -0.1, "train.weight-decay must be >= 0"),
+        ("loss.ot-tol", -1e-6, "loss.ot-tol must be in"),
+        ("server.dp-noise-multiplier", 1e300, "server.dp-noise-multiplier must be in"),
+        ("server.min-nodes", 11, "server.min-nodes \\(11\\) > data.num-clients"),
+        ("model.device", "tpu", "model.device must be"),
+        ("run.name", "a\x00b", "run.name must be"),
+        ("run.name", "..\\up", "run.name must be"),
+        ("run.name", ".hidden", "run.name must be"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key: str, value: object, match: str) -> None:
