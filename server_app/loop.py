@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
 )
 
+from server_app.bindings import PartitionBindings
 from server_app.experts import ExpertRouter
 from server_app.phases import RoundTally, evaluate_phase, server_global_eval, train_phase
 from server_app.progress import RunProgress
@@ -80,6 +81,8 @@ def _run(grid: Grid, cfg: AppConfig, run: RunDir) -> dict[str, Any]:
         shared = run.load_checkpoint(done)
         log.info("run %s: resuming after round %d (experiment %s)", name, done, run.experiment_id)
 
+    bindings = PartitionBindings(run.root)
+    bindings.adopt(grid.get_node_ids())
     strategy = SharedPromptFedAvg(
         {k: tuple(v.shape) for k, v in shared.items()},
         fp16_transport=srv.fp16_transport,
@@ -87,6 +90,8 @@ def _run(grid: Grid, cfg: AppConfig, run: RunDir) -> dict[str, Any]:
         num_partitions=core.data.num_clients,
         max_examples_ratio=srv.max_examples_ratio,
         limits=source.example_limits(core.train.epochs),
+        max_update_norm=srv.update_norm_cap,
+        bindings=bindings,
         fraction_train=srv.fraction_train,
         fraction_evaluate=srv.fraction_evaluate,
         min_train_nodes=srv.replies_needed,

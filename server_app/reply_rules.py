@@ -73,6 +73,7 @@ class ReplyRules:
     max_norm_ratio: float = 0.0
     max_examples_ratio: float = 0.0
     expected: dict[bool, dict[int, int]] = field(default_factory=lambda: {True: {}, False: {}})
+    max_update_norm: float = 0.0  # absolute bound on an update's distance; 0 = none
 
     def validate(
         self, msg: Message, train: bool, content: RecordDict | None = None
@@ -135,6 +136,21 @@ class ReplyRules:
                 f"{self.max_examples_ratio:g} x round median {median:g}"
             ),
             exempt=lambda r: r.partition_id in known,
+        )
+
+    def norm_cap(
+        self, kept: list[Reply], sent: Mapping[str, torch.Tensor]
+    ) -> tuple[list[Reply], list[tuple[Message, str]]]:
+        """Split off updates farther from the sent prompt than ``max_update_norm``: holds with
+        one reply and when most clients sent the prompt back (where the median rule cannot)."""
+        if self.max_update_norm <= 0 or not sent:
+            return kept, []
+        norms = [update_norm(r.tensors, sent) for r in kept]
+        return _split_above(
+            kept,
+            norms,
+            self.max_update_norm,
+            lambda norm: f"update norm {norm:.4g} > {self.max_update_norm:.4g} allowed",
         )
 
     def norm_outliers(

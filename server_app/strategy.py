@@ -40,6 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 from protocol.keys import ARRAYS, EVAL_METRICS, METRICS, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS
 from protocol.messages import content_bytes, from_record
 from server_app.aggregate import weighted_average, weighted_mean
+from server_app.bindings import PartitionBindings
 from server_app.reply_rules import Reply, ReplyRules
 from task.data.source import ExampleLimits
 
@@ -117,6 +118,8 @@ class SharedPromptFedAvg(FedAvg):
         num_partitions: int | None = None,
         max_examples_ratio: float = 0.0,
         limits: ExampleLimits | None = None,
+        max_update_norm: float = 0.0,
+        bindings: PartitionBindings | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
@@ -131,7 +134,9 @@ class SharedPromptFedAvg(FedAvg):
             float(max_examples_ratio),
             # Largest honest num-examples per partition, when the server knows the partitioning.
             {True: dict(limits.train), False: dict(limits.evaluate)},
+            float(max_update_norm),
         )
+        self.bindings = bindings
         # The DP wrapper's call back into aggregate_train needs this round's screening.
         self._dp_round: tuple[Screening, Mapping[str, torch.Tensor]] | None = None
 
@@ -168,6 +173,7 @@ class SharedPromptFedAvg(FedAvg):
         report = RoundReport()
         kept: list[Reply] = []
         seen: set[int] = set()
+        active = {m.metadata.dst_node_id for m in sent} if sent else None
         for msg in replies:
             node = msg.metadata.src_node_id
             content = None
@@ -182,11 +188,17 @@ class SharedPromptFedAvg(FedAvg):
                 if msg.has_content():
                     for rec in msg.content.array_records.values():
                         report.reply_array_keys.update(rec)
-            reply, reason = self.rules.validate(msg, train, content)
-            if reply is not None:
-                if reply.partition_id in seen:
-                    reason = f"duplicate partition-id {reply.partition_id} in this round"
-                seen.add(reply.partition_id)
+            try:
+                reply, reason = self.rules.validate(msg, train, content)
+                if reply is not None:
+                    if reply.partition_id in seen:
+                        reason = f"duplicate partition-id {reply.partition_id} in this round"
+                    elif self.bindings is not None:
+                        reason = self.bindings.check(reply.partition_id, node, active)
+                    if reason is None:  # a refused claim must not block the partition's node
+                        seen.add(reply.partition_id)
+            except Exception as err:  # noqa: BLE001 (no reply may crash the round)
+                reply, reason = None, f"could not be screened: {type(err).__name__}: {err}"
             if reason is not None:
                 kind = "failed" if msg.has_error() else "rejected"
                 log.warning("round reply from node %d %s: %s", node, kind, reason)
@@ -280,6 +292,7 @@ class SharedPromptFedAvg(FedAvg):
     ) -> tuple[dict[str, torch.Tensor] | None, float | None]:
         """Apply the round's outlier rules, then FedAvg the shared tensors of what is left."""
         screening.drop(self.rules.claim_outliers(screening.kept, train=True)[1])
+        screening.drop(self.rules.norm_cap(screening.kept, sent)[1])
         screening.drop(self.rules.norm_outliers(screening.kept, sent)[1])
         kept = screening.kept
         if not kept:

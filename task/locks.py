@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-
 class LockedError(RuntimeError):
     """Another process holds the lock."""
 

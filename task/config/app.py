@@ -78,6 +78,11 @@ class ServerConfig:
         "partitions whose size the server cannot list, i.e. `data.partitioner=local`; other "
         "claims are checked against the partition's size); `0` turns it off",
     )
+    max_update_norm: float = key(
+        0.0,
+        "reject an update farther (L2) than this from the prompt sent, whatever the others did; "
+        "`0`: no absolute bound (with `server.dp=client`, the clipping norm bounds it)",
+    )
     dp: str = key(
         "off",
         "`off`, `server`, `client`: Flower's central DP with fixed clipping on the shared "
@@ -136,6 +141,10 @@ class ServerConfig:
                 f"server.max-examples-ratio must be 0 (off) or >= 1 (a bound above the median), "
                 f"got {self.max_examples_ratio}"
             )
+        if not self.max_update_norm >= 0:
+            raise ConfigError(
+                f"server.max-update-norm must be >= 0 (0 = off), got {self.max_update_norm}"
+            )
         if self.dp not in DP_MODES:
             raise ConfigError(f"server.dp must be one of {list(DP_MODES)}, got {self.dp!r}")
         if not (math.isfinite(self.dp_clipping_norm) and self.dp_clipping_norm > 0):
@@ -148,6 +157,14 @@ class ServerConfig:
             raise ConfigError(
                 f"server.dp-clipping-norm must be <= 1e6, got {self.dp_clipping_norm}"
             )
+
+    @property
+    def update_norm_cap(self) -> float:
+        """The absolute bound on an update: client-side DP promises the clipping norm (a small
+        margin for float error), else server.max-update-norm."""
+        if self.dp == "client":
+            return self.dp_clipping_norm * (1 + 1e-4)
+        return self.max_update_norm
 
     @property
     def replies_needed(self) -> int:
