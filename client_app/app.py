@@ -20,6 +20,7 @@ Test-only fault injection is a mod in testkit.faults, added only when ``FEDRSCLI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -102,6 +103,14 @@ def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
     return client, server_round
 
 
+def _store_lock(client: FederatedClient) -> contextlib.AbstractContextManager:
+    """This client's private store, held for the whole message (two ClientApps must never
+    interleave one partition's private prompts); nothing to hold for a method without one."""
+    if not client.method.private_keys:
+        return contextlib.nullcontext()
+    return locked(client.store.dir, "private store")
+
+
 def _same_code(server_digest: object) -> None:
     """Refuse to serve a ServerApp that runs other code (protocol.appcode explains how)."""
     if server_digest is None or server_digest == app_digest():
@@ -165,7 +174,7 @@ def train(msg: Message, context: Context) -> Message:
     """
     started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
     client, server_round = _client(msg, context)
-    with locked(client.store.dir, "private store"):
+    with _store_lock(client):
         return _train(msg, client, server_round, started, t0, c0)
 
 
@@ -207,7 +216,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     client, server_round = _client(msg, context)
     shared, _ = _shared(msg)
     with_zeroshot = bool(msg.content.config_records[CONFIG].get(ZEROSHOT, False))
-    with locked(client.store.dir, "private store"):
+    with _store_lock(client):
         res = client.evaluate(shared, server_round, with_zeroshot)
     metrics = _eval_metrics(client, res, t0, c0, started)
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

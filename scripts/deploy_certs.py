@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 
-def make_certs(out: Path, sans: Sequence[str] = (), days: int = 30) -> dict[str, Path]:
+def make_certs(out: Path, sans: Sequence[str] = (), days: int = 365) -> dict[str, Path]:
     """A throwaway CA and a server certificate for localhost, 127.0.0.1, ::1 and ``sans``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -68,16 +69,21 @@ def make_certs(out: Path, sans: Sequence[str] = (), days: int = 30) -> dict[str,
             ("key", "server.key"),
         ]
     }
-    for path, data in [
-        (paths["ca"], ca_cert.public_bytes(pem)),
-        (paths["cert"], srv_cert.public_bytes(pem)),
-        (paths["ca_key"], _pkcs8(ca_key)),
-        (paths["key"], _pkcs8(srv_key)),
-    ]:
-        path.write_bytes(data)
-    paths["ca_key"].chmod(0o600)
-    paths["key"].chmod(0o640)  # readable by the container group (official images: UID 49999)
+    paths["ca"].write_bytes(ca_cert.public_bytes(pem))
+    paths["cert"].write_bytes(srv_cert.public_bytes(pem))
+    _write_secret(paths["ca_key"], _pkcs8(ca_key), 0o600)
+    # Readable by the container group (official images: UID 49999).
+    _write_secret(paths["key"], _pkcs8(srv_key), 0o640)
     return paths
+
+
+def _write_secret(path: Path, data: bytes, mode: int) -> None:
+    """A key file created with its final mode (never world-readable, not even for a moment)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask may have narrowed it
 
 
 def _pkcs8(key) -> bytes:
@@ -97,14 +103,12 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
     )
-    path.chmod(0o600)
+    _write_secret(path, private, 0o600)
     pub = path.with_name(path.name + ".pub")
     pub.write_bytes(
         key.public_key().public_bytes(

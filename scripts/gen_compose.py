@@ -97,7 +97,10 @@ def base(n: int) -> dict[str, Any]:
         "superlink": {
             "image": f"flwr/superlink:{FLWR}",
             "command": _superlink_cmd(False, False),
-            "ports": ["${SUPERLINK_PORT:-8000}:8000"],
+            # Loopback by default: whoever reaches this port can submit runs (code that executes
+            # in every node's ClientApp). Expose it deliberately (SUPERLINK_BIND=0.0.0.0, with
+            # the TLS and auth overlays) for institutions on other machines: docs/deploy.md.
+            "ports": ["${SUPERLINK_BIND:-127.0.0.1}:${SUPERLINK_PORT:-8000}:8000"],
             "volumes": ["superlink-state:/app/state"],
             "restart": "unless-stopped",
         },

@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from task.durable import fsync_dir
 from task.hashing import tensor_sha256
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,22 @@ class PrivateStore:
         return sorted(int(m.group(1)) for m in found if m)
 
     def load(self, max_round: int) -> tuple[torch.Tensor, int] | None:
-        """The newest version saved at a round <= max_round, or None if there is none yet."""
-        for r in reversed([r for r in self.rounds() if r <= max_round]):
+        """The newest version saved at a round <= max_round, or None if there is none yet.
+
+        A store holding only versions newer than ``max_round`` cannot provide the version a
+        replayed round needs: an error (``on_corrupt=error``), or a warning and a fresh start."""
+        rounds = self.rounds()
+        if rounds and min(rounds) > max_round >= 1:
+            msg = (
+                f"private store {self.dir} holds versions {rounds} but the round needs one at "
+                f"round <= {max_round} (was it restored from a later backup?)"
+            )
+            if self.on_corrupt == "error":
+                raise PrivateStoreError(
+                    msg + "; set client.on-corrupt='quarantine' to start afresh"
+                )
+            log.warning("%s: starting from a fresh private prompt", msg)
+        for r in reversed([r for r in rounds if r <= max_round]):
             try:
                 return self._read(self.path(r)), r
             except PrivateStoreError as err:
@@ -138,7 +153,7 @@ class PrivateStore:
             if self.before_replace is not None:
                 self.before_replace(tmp)
             os.replace(tmp, path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         finally:
             tmp.unlink(missing_ok=True)
         # Keep the version this round started from (a replayed round loads it again).
@@ -172,7 +187,7 @@ class PrivateStore:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         finally:
             tmp.unlink(missing_ok=True)
         return path
@@ -206,17 +221,3 @@ def quarantine(path: Path) -> Path:
     )
     os.replace(path, aside)
     return aside
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

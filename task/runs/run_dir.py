@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from task.config import RESUMABLE_KEYS  # keys a resumed run may change (declared per key)
+from task.durable import atomic_write_text, replace_with
+from task.hashing import tensor_sha256
 
 
 class RunDirError(RuntimeError):
@@ -115,17 +118,27 @@ class RunDir:
             )
         path = self.checkpoint_path(server_round)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-            _fsync_file(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        meta = {"sha256": state_digest(tensors)}
+        return replace_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     def load_checkpoint(self, server_round: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self.checkpoint_path(server_round)))
+        """The global state after ``server_round``; a file that fails its checksum (or cannot
+        be read) raises RunDirError naming it (checkpoints written before checksums load)."""
+        path = self.checkpoint_path(server_round)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+        except Exception as err:  # noqa: BLE001 (a truncated file, not a safetensors file)
+            raise RunDirError(f"cannot read global checkpoint {path}: {err}") from err
+        if "sha256" in meta and meta["sha256"] != state_digest(state):
+            raise RunDirError(
+                f"global checkpoint {path} fails its checksum (disk corruption or a partial "
+                "copy): restore it, or delete it and the later ones to resume from the round "
+                "before"
+            )
+        return state
 
     def extra_path(self, name: str, server_round: int) -> Path:
         return self.root / "checkpoints" / f"{name}-r{server_round:05d}.safetensors"
@@ -133,15 +146,9 @@ class RunDir:
     def save_extra(self, name: str, server_round: int, state: Mapping[str, torch.Tensor]) -> Path:
         """Server state beside a round's checkpoint (e.g. pFedMoAP's latest prompt per client),
         written the same atomic way and dropped with the round by truncate_after."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         path = self.extra_path(name, server_round)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-            _fsync_file(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return replace_with(path, lambda tmp: save_file(tensors, str(tmp)))
 
     def load_extra(self, name: str, server_round: int) -> dict[str, torch.Tensor]:
         path = self.extra_path(name, server_round)
@@ -303,19 +310,16 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, text)
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the sorted keys and each tensor's digest."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode() + b"\0" + tensor_sha256(state[key]).encode())
+    return h.hexdigest()
 
 
 def _per_client_round(rows: list[Mapping[str, Any]], key: str) -> float | None:

@@ -304,4 +304,4 @@ def test_a_job_that_cannot_start_is_a_failed_job(
     bad = launch_job(
         cfg_for(tmp_path, "++run_config.train.lr=-1"), tmp_path / "c", REPO, session=fresh
     )
-    assert (bad.returncode, bad.error) == (2, "train.lr must be > 0, got -1.0")
+    assert (bad.returncode, bad.error) == (2, "train.lr must be in (0, 10], got -1.0")

@@ -183,3 +183,33 @@ def test_client_app_reports_corrupt_store_or_quarantines(
     assert rows(cfg)[-1]["clients_ok"] == 3 and rows(cfg)[-1]["clients_failed"] == 0
     assert list(path.parent.glob("private-r00001.safetensors.corrupt-*"))
     assert "quarantined" in caplog.text
+
+
+def test_global_checkpoint_carries_a_checksum(tmp_path: Path) -> None:
+    """Issue 25: a flipped byte in a checkpoint is caught when a run resumes from it."""
+    from task.runs.run_dir import RunDir, RunDirError
+
+    run = RunDir.open(tmp_path, "ck", {"a": 1}, resume=True)
+    path = run.save_checkpoint(1, {"shared_ctx": torch.arange(12.0).view(3, 4)})
+    assert torch.equal(run.load_checkpoint(1)["shared_ctx"], torch.arange(12.0).view(3, 4))
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the tensor bytes (the last bytes of the file)
+    path.write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match="fails its checksum"):
+        run.load_checkpoint(1)
+    with pytest.raises(RunDirError, match="non-finite"):
+        run.save_checkpoint(2, {"shared_ctx": torch.tensor([float("nan")])})
+    assert not run.checkpoint_path(2).exists()
+
+
+def test_a_store_with_only_newer_versions_is_not_a_silent_fresh_start(tmp_path: Path, caplog):
+    """Issue 25: restored from a later backup, a store cannot give a replayed round its version."""
+    strict = PrivateStore(tmp_path, "exp", 0)
+    strict.save(torch.ones(2, 3), 5)
+    with pytest.raises(PrivateStoreError, match="needs one at round <= 3"):
+        strict.load(3)
+    lenient = PrivateStore(tmp_path, "exp", 0, on_corrupt="quarantine")
+    assert lenient.load(3) is None and "fresh private prompt" in caplog.text
+    with pytest.raises(PrivateStoreError, match="non-finite"):
+        strict.save(torch.full((2, 3), float("inf")), 6)
+    assert strict.rounds() == [5]

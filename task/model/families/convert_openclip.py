@@ -305,7 +305,9 @@ def load_openclip(arch: str, checkpoint: str | os.PathLike[str] | None) -> nn.Mo
     open_clip = import_optional("open_clip", "the OpenCLIP converter")
     model = open_clip.create_model(arch, pretrained=None)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        # weights_only: a third-party checkpoint is data, never code (a pickle with a payload
+        # is refused instead of executed).
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if isinstance(state, nn.Module):
             state = state.state_dict()
         state = state.get("state_dict", state) if isinstance(state, dict) else state
