@@ -18,6 +18,7 @@
 #   bash scripts/grid_standin.sh tune-head       # fedrsclip's personalised head (private, concat,
 #                                                #   mix, auto) x alpha/beta, promptfolio's theta,
 #                                                #   both splits, with the references
+#   bash scripts/grid_standin.sh tune-head-entropy  # the entropy head x alpha/beta, both splits
 #   bash scripts/grid_standin.sh test            # 10 clients x {even, Dir(0.1)} x 3 seeds, all
 #                                                #   methods + ablations (priority 1)
 #   bash scripts/grid_standin.sh test2040        # 20 and 40 clients, main methods (SEEDS=0 default)
@@ -99,6 +100,17 @@ tune-head)
     tune "$split" seed=0 method=promptfolio ++run_config.prompt.mix-theta=0.2,0.6
   done
   ;;
+tune-head-entropy)
+  # The head from each client's own label spread (prompt.personal-head=entropy), with the DPA
+  # and OT weights re-tuned for it, both splits.
+  for split in even dirichlet0.1; do
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
+      ++run_config.loss.alpha=0.1,0.0
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
+      ++run_config.loss.beta=0.0
+  done
+  ;;
 tune-head-seeds)
   # The spread of the head candidates that tune-head left close: seeds 1 and 2.
   for split in even dirichlet0.1; do
@@ -138,7 +150,7 @@ report)
   report
   ;;
 *)
-  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-seeds|test|test2040|central|fullft|cross|dir05|report" >&2
+  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-head-seeds|test|test2040|central|fullft|cross|dir05|report" >&2
   exit 2
   ;;
 esac
