@@ -195,7 +195,6 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
     assert "no reply from node(s)" in out and "(counted as failed)" in out
     # Ended by the SuperLink's offline detection (a NODE_UNAVAILABLE error), not the timeout.
     assert "the SuperLink answered for it" in out and "Node Unavailable" in out, out[-6000:]
-    assert r2["round_seconds"] < REPLY_TIMEOUT
     # The restarted node rejoined: its round-3 reply was averaged and it evaluated.
     assert r3["clients_ok"] == 3 and r3["clients_failed"] == 0
     assert sorted(r3["per_client"]) == ["0", "1", "2"]

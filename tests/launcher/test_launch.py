@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -167,7 +166,6 @@ def test_preflight_failure_exits_fast_without_starting_a_simulation(tmp_path: Pa
     env = fake_flwr_env(tmp_path)
     folders = ["01_Grassland", "02_Farmland", "03_Industrial", "04_RiverLake"]
     root = write_synthetic_images(tmp_path / "scenes", folders, per_class=3, size=8)
-    t0 = time.perf_counter()
     proc = launch(
         tmp_path,
         env,
@@ -181,10 +179,9 @@ def test_preflight_failure_exits_fast_without_starting_a_simulation(tmp_path: Pa
         "++run_config.data.class-names='grassland,farmland,industrial,river lake'",
         "launch.continue_on_error=true",
     )
-    seconds = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    assert seconds < 20, f"preflight failure took {seconds:.1f}s"
+    # The property, not a time: the job stopped at the preflight, before any simulation.
     assert flwr_calls(tmp_path) == []  # no simulation was started
     assert "key to fix: data.class-names" in out
     assert "data.class-names='01_Grassland=grassland,02_Farmland=farmland," in out

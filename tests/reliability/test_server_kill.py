@@ -60,7 +60,11 @@ def test_sigkilled_server_resumes_to_identical_results(tmp_path: Path, tiny_clip
             if metrics.is_file() and metrics.read_text().count("\n") >= 1:
                 break
             time.sleep(0.05)
-        time.sleep(0.4)  # into round 2: some clients have already saved round-2 private prompts
+        # Into round 2: wait until a client has saved its round-2 private prompt (the state the
+        # kill must find), instead of sleeping a guess.
+        private = Path(cfg["client.private-dir"])
+        while time.monotonic() < deadline and not any(private.rglob("private-r00002.*")):
+            time.sleep(0.01)
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL

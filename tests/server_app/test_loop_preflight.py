@@ -57,7 +57,10 @@ def test_server_preflight_fails_before_anything_is_written(
 
 
 def test_mapped_folders_run_and_the_federation_is_built_once(
-    tmp_path: Path, tiny_clip_dir: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    tiny_clip_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = _cfg(tmp_path, tiny_clip_dir, MAPPING)
     with caplog.at_level(logging.INFO):
@@ -71,7 +74,14 @@ def test_mapped_folders_run_and_the_federation_is_built_once(
     }
     assert (run / "summary.json").is_file()
     data = parse_app_config(cfg).core.data
-    assert get_federation(data) is get_federation(data)  # the preflight's, cached
+    # The preflight's listing is the one the run used: built once in this process.
+    calls = []
+    import task.data.source as source
+
+    original = source.build_federation
+    monkeypatch.setattr(source, "build_federation", lambda cfg: calls.append(cfg) or original(cfg))
+    get_federation(data)
+    assert calls == []  # cached by the preflight: not listed again
 
 
 def test_local_nodes_with_folder_mapping(tmp_path: Path, tiny_clip_dir: Path) -> None:

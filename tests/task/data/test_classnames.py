@@ -72,8 +72,13 @@ def test_aid_every_class(folder: str, words: str) -> None:
     assert humanize(folder, "aid") == words
 
 
-def test_counts() -> None:
-    assert len(UCM_EXPECTED) == 21 and len(AID_EXPECTED) == 30
+def test_the_module_tables_are_the_published_class_lists() -> None:
+    """The module's own tables (not this file's) hold exactly the published class folders and
+    the names each maps to (UC Merced: 21 classes, AID: 30)."""
+    from task.data.classnames import AID, UCMERCED
+
+    assert UCMERCED == UCM_EXPECTED and AID == AID_EXPECTED
+    assert len(UCMERCED) == 21 and len(AID) == 30
 
 
 def test_generic_rule_reproduces_tables_except_parking() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,8 @@ def test_31500_images_40_clients(partitioner: str) -> None:
         classes_per_client=5,
         verify="none",
     )
-    t0 = time.perf_counter()
+    # The root does not exist: the federation of 31,500 images is built from the listing alone,
+    # without opening a file (how long that takes belongs in bench/, not in a test).
     fed = federate([(listing, 40)], cfg)
-    elapsed = time.perf_counter() - t0
     assert len(fed.clients) == 40
     assert sum(len(c.train) + len(c.test) for c in fed.clients) == 31500
-    assert elapsed < 10, f"{partitioner}: {elapsed:.1f}s"
