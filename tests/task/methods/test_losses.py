@@ -89,3 +89,48 @@ def test_heads_and_global_model_use_shared_only():
     assert prompt_set(feats, personalised=True).shape == (4, 2, 8)
     both, res = compute_logits("clip+ot", feats, image_global, patches, 2.0, cfg, True)
     torch.testing.assert_close(both, (clip_pers + 2.0 * res.similarity) / 2)
+
+
+def test_each_weight_changes_the_total_by_exactly_its_term():
+    """gamma, alpha, beta and the DPA scale s each enter the loss as declared: doubling a weight
+    adds exactly one more of its term (a dropped or mis-wired weight fails)."""
+    feats = _feats()
+    image_global, patches, labels = _images()
+    fedrsclip = get_method("fedrsclip")
+
+    def total(**kw):
+        cfg = LossConfig(**{"alpha": 1.0, "beta": 0.5, "gamma": 1.0, "dpa_scale": 10.0, **kw})
+        return fedrsclip.objective(cfg, feats, image_global, patches, labels, 10.0).parts
+
+    base = total()
+    for weight, part in (("gamma", "ce_global"), ("alpha", "dpa"), ("beta", "ot")):
+        bigger = total(**{weight: 2 * {"gamma": 1.0, "alpha": 1.0, "beta": 0.5}[weight]})
+        added = {"gamma": 1.0, "alpha": 1.0, "beta": 0.5}[weight] * base[part]
+        assert abs(bigger["loss"] - (base["loss"] + added)) < 1e-5, weight
+        zero = total(**{weight: 0.0})
+        assert part not in zero
+        assert abs(zero["loss"] - (base["loss"] - added)) < 1e-5, weight
+    # The DPA scale s is the InfoNCE temperature: its term is CE(s * p_c . s_j, c).
+    for scale in (1.0, 10.0, 30.0):
+        dpa = total(dpa_scale=scale)["dpa"]
+        logits = scale * feats.personal.detach() @ feats.shared.detach().t()
+        ref = F.cross_entropy(logits, torch.arange(len(logits)))
+        assert abs(dpa - float(ref)) < 1e-6, scale
+
+
+def test_pgp_contrastive_against_its_formula():
+    """FedPGP's term per class c: CE([cos(a_c, s_c), cos(s_c, p_c)] / t, 0), written out."""
+    from task.methods.fedpgp import pgp_contrastive
+
+    g = torch.Generator().manual_seed(5)
+    a, s, p = (F.normalize(torch.randn(6, 8, generator=g), dim=-1) for _ in range(3))
+    for temp in (0.5, 1.0, 2.0):
+        got = pgp_contrastive(a, s, p, temp)
+        pos, neg = (a * s).sum(-1) / temp, (s * p).sum(-1) / temp
+        ref = (-pos + torch.logsumexp(torch.stack([pos, neg], dim=1), dim=1)).mean()
+        assert abs(float(got) - float(ref)) < 1e-6, temp
+    # It pulls the shared prompt toward the anchor and pushes it from the personal one.
+    s = s.clone().requires_grad_(True)
+    pgp_contrastive(a, s, p, 1.0).backward()
+    step = s - 0.1 * s.grad
+    assert float(((a * step).sum(-1) - (a * s).sum(-1)).mean()) > 0
