@@ -54,10 +54,14 @@ test_grid() {  # a test sweep: test_grid <overrides...>
   # shellcheck disable=SC2086
   python -m launcher -m "${COMMON[@]}" "$VAL" "run_config.run.dir=$RUNS" $TUNED "$@"
 }
+# Keys the tuning stages vary: each value off its default is a row of its own in tuning.md.
+TUNED_KEYS=prompt.personal-head,loss.alpha,loss.beta,loss.gamma,loss.head,prompt.mix-theta
+TUNED_KEYS=$TUNED_KEYS,train.lr,train.epochs,loss.prox-mu,prompt.rank,loss.pgp-weight
+TUNED_KEYS=$TUNED_KEYS,loss.ot-marginal-reg
 report() {
   python -m task.report --runs "$RUNS" --out docs/results.md --plots docs/results
   python -m task.report --runs "$TUNING_RUNS" --out docs/results/tuning.md \
-    --plots docs/results/tuning
+    --plots docs/results/tuning --variant-keys "$TUNED_KEYS"
 }
 
 case "${1:-}" in

@@ -14,7 +14,9 @@ from task.report.stats import RunStats, run_stats
 
 # Order of rows: baselines, then FedRSCLIP and its ablations.
 METHOD_ORDER = list(METHODS)
-BASELINES = ("local", "promptfl", "fedprox", "fedotp", "fedpgp", "fedavg-full")
+BASELINES = (
+    "local", "promptfl", "fedprox", "fedotp", "fedpgp", "promptfolio", "pfedmoap", "fedavg-full"
+)  # fmt: skip
 
 Grouped = dict[str, dict[str, dict[str, "Group"]]]
 

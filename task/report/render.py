@@ -9,6 +9,7 @@ from typing import Any
 
 from task.report.grouping import BASELINES, Group, Grouped, group_runs, method_rank
 from task.report.labels import data_identity
+from task.report.paired import paired_section
 from task.report.plots import plot_federation, plot_scaling, slug
 from task.report.runs import Run, app_defaults, missing_keys
 from task.report.stats import fmt_acc, num_test, run_stats
@@ -198,6 +199,7 @@ def _setup_section(
         lines += [f"### Final {title} accuracy (%)", ""]
         lines += table(["method", *fed_names], accuracy_rows(feds, fed_names, attr)) + [""]
     lines += _margins(feds, fed_names)
+    lines += paired_section(feds)
     scaling = plot_scaling(feds, plot_dir, slug(f"setup{s_index}"))
     if scaling:
         lines += [image_link(scaling, out), ""]

@@ -281,3 +281,13 @@ def test_validation_runs_are_labelled_as_such(tmp_path: Path) -> None:
     make_run(runs, "promptfl", 1, [0.3, 0.5])  # one test-scored run: no blanket note
     assert main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "**Scored on validation.**" not in out.read_text()
+
+
+def test_paired_interval_and_verdicts():
+    """The 95% t-interval of paired differences (known values), and when it covers 0."""
+    from task.report.paired import paired_interval, t975
+
+    mean, half = paired_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3: t(2) = 4.303
+    assert mean == 2.0 and abs(half - 4.303 / 3**0.5) < 1e-9
+    assert paired_interval([0.5])[1] is None
+    assert t975(1) == 12.706 and t975(200) == 1.960
