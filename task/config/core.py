@@ -54,8 +54,8 @@ class PromptConfig:
         "private",
         "class features of `fedrsclip`'s personalised CLIP head: `private` (the personal "
         "prompt's), `mix` (normalize((1 - θ) s_c + θ p_c), θ = `prompt.mix-theta`) or `auto` "
-        "(θ chosen per client on its selection split) or `entropy` (θ = 1 - H(labels) / log C "
-        "of the client's training labels), docs/method.md §4.3",
+        "(θ chosen per client on its selection split) or `entropy` (θ from the label skew of "
+        "the client's own training labels, `prompt.skew-low`/`-high`), docs/method.md §4.3",
     )
     mix_theta: float = key(
         0.4,
@@ -68,6 +68,13 @@ class PromptConfig:
         "choose θ on (stratified, fixed per client)",
     )
     mix_grid: int = key(11, "`auto`: θ is chosen from this many evenly spaced values in [0, 1]")
+    skew_low: float = key(
+        0.1,
+        "`entropy`: label skew u = 1 - H(labels)/log C at or below which θ = 0 (the shared prompt)",
+    )
+    skew_high: float = key(
+        0.3, "`entropy`: label skew u at or above which θ = 1 (the private prompt); linear between"
+    )
     experts: int = key(10, "`pfedmoap`: experts per client, its own prompt included (K)")
     gate_dim: int = key(128, "`pfedmoap`: width of the attention gate (features pooled to it)")
     gate_heads: int = key(8, "`pfedmoap`: attention heads of the gate")
@@ -89,6 +96,11 @@ class PromptConfig:
             raise ConfigError(f"prompt.mix-holdout must be in (0, 1), got {self.mix_holdout}")
         if not 2 <= self.mix_grid <= 101:
             raise ConfigError(f"prompt.mix-grid must be in [2, 101], got {self.mix_grid}")
+        if not 0.0 <= self.skew_low < self.skew_high <= 1.0:
+            raise ConfigError(
+                f"prompt.skew-low ({self.skew_low}) and prompt.skew-high ({self.skew_high}) must "
+                "satisfy 0 <= low < high <= 1"
+            )
         if not 1 <= self.experts <= 1000:
             raise ConfigError(f"prompt.experts must be in [1, 1000], got {self.experts}")
         if not 1 <= self.gate_heads <= self.gate_dim <= 4096 or self.gate_dim % self.gate_heads:

@@ -110,16 +110,19 @@ class PromptClient(FederatedClient):
         return self.selection_split(feats)[0] if self.head_kind == "auto" else feats
 
     def label_mix(self) -> float:
-        """θ of the ``entropy`` head, from this client's training labels only: 1 - H(p)/log C
-        (a client holding every class equally gets 0, the shared prompt; one class, 1)."""
+        """θ of the ``entropy`` head, from this client's training labels only. Its label skew
+        ``u = 1 - H(p)/log C`` is 0 for a client holding every class evenly and 1 for a
+        one-class client; θ ramps linearly from 0 (the shared prompt) at ``prompt.skew-low``
+        to 1 (its private prompt) at ``prompt.skew-high``."""
         n_classes = len(self.fed.class_names)
         labels = torch.tensor([r.label for r in self.data.train], dtype=torch.long)
         if n_classes < 2 or len(labels) == 0:
             return 0.0
         p = torch.bincount(labels, minlength=n_classes).double()
         p = p[p > 0] / p.sum()
-        entropy = float(-(p * p.log()).sum())
-        return min(1.0, max(0.0, 1.0 - entropy / math.log(n_classes)))
+        skew = 1.0 - float(-(p * p.log()).sum()) / math.log(n_classes)
+        low, high = self.cfg.prompt.skew_low, self.cfg.prompt.skew_high
+        return min(1.0, max(0.0, (skew - low) / (high - low)))
 
     def selection_split(self, feats: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
         seed = (self.cfg.data.seed, self.partition_id, SELECTION_SEED)

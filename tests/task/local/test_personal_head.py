@@ -88,23 +88,28 @@ def test_selection_split_is_stratified_disjoint_and_fixed():
     assert len(selection_split(lone, 0.2, (0, 0, SELECTION_SEED))[1]) == 0
 
 
-def test_entropy_mix_follows_the_clients_label_spread():
+def test_entropy_mix_follows_the_clients_label_skew():
     from types import SimpleNamespace
 
     from task.data.records import ImageRecord
     from task.local.client import PromptClient
 
-    def theta(labels: list[int], n_classes: int = 4) -> float:
+    def theta(labels: list[int], n_classes: int = 4, low: float = 0.1, high: float = 0.3):
         data = SimpleNamespace(
             train=[ImageRecord(f"{i}", f"{i}.png", y) for i, y in enumerate(labels)]
         )
         fed = SimpleNamespace(class_names=[str(c) for c in range(n_classes)])
-        return PromptClient.label_mix(SimpleNamespace(data=data, fed=fed))
+        cfg = SimpleNamespace(prompt=PromptConfig(skew_low=low, skew_high=high))
+        return PromptClient.label_mix(SimpleNamespace(data=data, fed=fed, cfg=cfg))
 
-    assert theta([0, 1, 2, 3] * 5) == pytest.approx(0.0, abs=1e-12)  # every class: S alone
-    assert theta([2] * 9) == 1.0  # one class: P alone
-    assert theta([0, 0, 1, 1]) == pytest.approx(0.5)  # two of four classes, evenly
-    assert 0.5 < theta([0] * 9 + [1]) < 1.0
+    assert theta([0, 1, 2, 3] * 5) == 0.0  # every class evenly: skew 0, the shared prompt
+    assert theta([2] * 9) == 1.0  # one class: skew 1, the private prompt
+    # Two of four classes evenly: skew 1 - log 2 / log 4 = 0.5, above the ramp: private.
+    assert theta([0, 0, 1, 1]) == 1.0
+    # On the ramp: linear between low and high (skew 0.5 against a ramp of 0.4 .. 0.6).
+    assert theta([0, 0, 1, 1], low=0.4, high=0.6) == pytest.approx(0.5)
+    mildly = [0, 1, 2, 3] * 5 + [0] * 3  # a little skew: below the ramp
+    assert theta(mildly) == 0.0 and theta(mildly, low=0.0, high=0.1) > 0.0
 
 
 def test_mix_theta_is_kept_checksummed_and_pruned(tmp_path: Path):
