@@ -107,18 +107,17 @@ tune-head)
 tune-head-entropy)
   # The head from each client's own label skew (prompt.personal-head=entropy: theta ramps from
   # the shared prompt at prompt.skew-low to the private one at prompt.skew-high). The linear
-  # rule (skew-low 0, skew-high 1) first, then the ramp, under the three label regimes.
+  # rule (skew-low 0, skew-high 1), then the ramp under the three label regimes, its DPA weight.
   for split in even dirichlet0.1; do
     tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
       ++run_config.prompt.skew-low=0.0 ++run_config.prompt.skew-high=1.0
   done
-  tune even seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
-    ++run_config.prompt.skew-low=0.0 ++run_config.prompt.skew-high=1.0 \
-    ++run_config.loss.alpha=0.1,0.0
-  tune even seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
-    ++run_config.prompt.skew-low=0.0 ++run_config.prompt.skew-high=1.0 ++run_config.loss.beta=0.0
   for split in even dirichlet0.1 dirichlet0.5; do
     tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy
+  done
+  for split in even dirichlet0.1; do
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
+      ++run_config.loss.alpha=0.1
   done
   tune dirichlet0.5 seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip
   ;;
