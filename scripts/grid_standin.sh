@@ -18,7 +18,8 @@
 #   bash scripts/grid_standin.sh tune-head       # fedrsclip's personalised head (private, concat,
 #                                                #   mix, auto) x alpha/beta, promptfolio's theta,
 #                                                #   both splits, with the references
-#   bash scripts/grid_standin.sh tune-head-entropy  # the entropy head x alpha/beta, both splits
+#   bash scripts/grid_standin.sh tune-head-entropy  # the entropy head (linear, ramp), 3 regimes
+#   bash scripts/grid_standin.sh tune-new-baselines # promptfolio theta, pfedmoap lambda
 #   bash scripts/grid_standin.sh test            # 10 clients x {even, Dir(0.1)} x 3 seeds, all
 #                                                #   methods + ablations (priority 1)
 #   bash scripts/grid_standin.sh test2040        # 20 and 40 clients, main methods (SEEDS=0 default)
@@ -57,7 +58,7 @@ test_grid() {  # a test sweep: test_grid <overrides...>
 # Keys the tuning stages vary: each value off its default is a row of its own in tuning.md.
 TUNED_KEYS=prompt.personal-head,loss.alpha,loss.beta,loss.gamma,loss.head,prompt.mix-theta
 TUNED_KEYS=$TUNED_KEYS,train.lr,train.epochs,loss.prox-mu,prompt.rank,loss.pgp-weight
-TUNED_KEYS=$TUNED_KEYS,loss.ot-marginal-reg
+TUNED_KEYS=$TUNED_KEYS,loss.ot-marginal-reg,prompt.skew-low,prompt.skew-high,loss.moe-lambda
 report() {
   python -m task.report --runs "$RUNS" --out docs/results.md --plots docs/results
   python -m task.report --runs "$TUNING_RUNS" --out docs/results/tuning.md \
@@ -121,6 +122,15 @@ tune-head-entropy)
   done
   tune dirichlet0.5 seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip
   ;;
+tune-new-baselines)
+  # PromptFolio and pFedMoAP (issue 24) from their papers' defaults (theta 0.4; K = 10 experts,
+  # lambda 0.5, a 128-wide 8-head gate), then the knob each paper names, on both splits.
+  for split in even dirichlet0.1; do
+    tune "$split" seed=0 method=pfedmoap
+    tune "$split" seed=0 method=pfedmoap ++run_config.loss.moe-lambda=0.25,1.0
+  done
+  tune dirichlet0.1 seed=0 method=promptfolio ++run_config.prompt.mix-theta=0.2,0.6
+  ;;
 tune-head-seeds)
   # The spread of the head candidates that tune-head left close: seeds 1 and 2.
   for split in even dirichlet0.1; do
@@ -160,7 +170,7 @@ report)
   report
   ;;
 *)
-  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-head-seeds|test|test2040|central|fullft|cross|dir05|report" >&2
+  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-new-baselines|tune-head-seeds|test|test2040|central|fullft|cross|dir05|report" >&2
   exit 2
   ;;
 esac
