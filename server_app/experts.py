@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from protocol.keys import ARRAYS, METRICS, PARTITION_ID
 from protocol.messages import from_record, to_record
 from server_app.reply_rules import Reply
+from server_app.transport import send_and_receive
 from task.methods.pfedmoap import EXPERT_KEY, nearest_experts
 from task.runs.run_dir import RunDir
 
@@ -50,7 +51,7 @@ class ExpertRouter:
             Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
             for node in grid.get_node_ids()
         ]
-        for reply in grid.send_and_receive(messages, timeout=timeout):
+        for reply in send_and_receive(grid, messages, timeout):
             if reply.has_error() or not reply.has_content():
                 continue
             pid = reply.content.metric_records.get(METRICS, {}).get(PARTITION_ID)

@@ -23,6 +23,7 @@ from protocol.keys import APP_DIGEST, EVALUATE_ROUND, EXPERIMENT, ZEROSHOT
 from protocol.messages import content_bytes, payload_bytes, to_record
 from server_app.experts import ExpertRouter
 from server_app.strategy import EvaluationOutcome, RoundReport, SharedPromptFedAvg
+from server_app.transport import send_and_receive
 from task.config import AppConfig
 from task.local.global_model import global_evaluate
 from task.runs.run_dir import RunDir
@@ -123,7 +124,7 @@ def exchange(
         router.attach(messages)
     tally.sent(messages)
     sent_at = time.time()
-    replies = list(grid.send_and_receive(messages, timeout=srv.timeout))
+    replies = send_and_receive(grid, messages, srv.timeout)
     received_at = time.time()
     kind = "train" if purpose == "sample" else "evaluate"
     missing = _missing(messages, replies, server_round, kind)
