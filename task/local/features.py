@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from task.data.partition import stratified_split
 from task.data.records import CorruptImageError, ImageRecord, load_rgb
+from task.durable import atomic_write_text
 from task.hashing import tensor_sha256
 from task.model.backbone import Backbone
 
@@ -127,6 +128,9 @@ def extract_features(
     )
 
 
+VERIFIED_SUFFIX = ".verified"  # beside a cache file: fingerprints of the verifications done
+
+
 class FeatureCache:
     """A directory of safetensors files, one per (backbone, preprocessing, image list)."""
 
@@ -204,12 +208,16 @@ class FeatureCache:
                 f"cannot read feature cache {path} (truncated or not a cache file: {err}). {fix}"
             ) from err
         sums = json.loads(meta.get("sha256", "{}"))
-        for name, t in tensors.items():
-            if sums.get(name) != tensor_sha256(t):
-                raise CacheCorruptError(f"feature cache {path} fails its checksum ({name}). {fix}")
         ids_sum = hashlib.sha256(meta["ids"].encode()).hexdigest()
         if sums.get("ids") != ids_sum or len(ids) != len(tensors["global"]):
             raise CacheCorruptError(f"feature cache {path} fails its checksum (ids). {fix}")
+        if not self._verified_before(path, meta, set(tensors)):
+            for name, t in tensors.items():
+                if sums.get(name) != tensor_sha256(t):
+                    raise CacheCorruptError(
+                        f"feature cache {path} fails its checksum ({name}). {fix}"
+                    )
+            self._remember_verified(path, meta, set(tensors))
         global_ = tensors["global"]
         patches = tensors.get("patches") if with_patches else None
         labels_by_id = {r.image_id: r.label for r in records}
@@ -217,6 +225,36 @@ class FeatureCache:
         skipped = int(meta.get("skipped", "0"))
         log.info("feature cache hit: %s (%d images)", path.name, len(ids))
         return FeatureSet(ids, labels, global_, patches, skipped)
+
+    # -- verification memo: a file's tensors are hashed once, not every message ------------
+    @staticmethod
+    def _fingerprint(path: Path, meta: dict[str, str], names: set[str]) -> str:
+        """What must be unchanged for an earlier verification to hold: the file's size, inode,
+        modification and change times, its header (every tensor's checksum) and what was read.
+        A rewritten, truncated or replaced file changes at least one of them."""
+        st = path.stat()
+        header = json.dumps(meta, sort_keys=True)
+        return hashlib.sha256(
+            f"{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}|{sorted(names)}|"
+            f"{header}".encode()
+        ).hexdigest()
+
+    def _verified_before(self, path: Path, meta: dict[str, str], names: set[str]) -> bool:
+        memo = path.with_name(path.name + VERIFIED_SUFFIX)
+        try:
+            seen = memo.read_text().split()
+        except OSError:
+            return False
+        return self._fingerprint(path, meta, names) in seen
+
+    def _remember_verified(self, path: Path, meta: dict[str, str], names: set[str]) -> None:
+        memo = path.with_name(path.name + VERIFIED_SUFFIX)
+        try:  # best effort: an unwritable memo only costs the hashing next time
+            seen = memo.read_text().split() if memo.is_file() else []
+            text = "\n".join([*seen[-3:], self._fingerprint(path, meta, names)]) + "\n"
+            atomic_write_text(memo, text)
+        except OSError:
+            pass
 
     def _save(self, path: Path, feats: FeatureSet) -> None:
         """Write to a temporary file, fsync, then rename: a crash never leaves half a file."""

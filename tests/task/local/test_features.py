@@ -92,3 +92,46 @@ def test_corrupt_image_named_or_skipped(tmp_path, tiny_backbone, synthetic_image
     assert feats.skipped == 1 and len(feats) == len(records) - 1
     assert "river/river_00.png" not in feats.ids
     assert isinstance(feats, FeatureSet)
+
+
+def test_a_verified_cache_file_is_not_hashed_again_until_it_changes(
+    tmp_path, tiny_backbone, synthetic_image_root, monkeypatch
+):
+    """Issue 27: a fresh ClientApp process used to re-hash every cached tensor every message
+    (~2 GB a round for 10,000 ViT-B/16 images); now once per file version. A rewritten or
+    truncated file is still caught."""
+    import os
+
+    import task.local.features as features_mod
+    from task.data.records import ImageRecord
+    from task.local.features import CacheCorruptError, FeatureCache
+
+    records = [
+        ImageRecord(p.name, str(p), i % 2)
+        for i, p in enumerate(sorted(synthetic_image_root.rglob("*.png"))[:6])
+    ]
+    cache = FeatureCache(tmp_path / "cache")
+    first = cache.load_or_extract(tiny_backbone, records, with_patches=True, progress=False)
+    hashed = []
+    real = features_mod.tensor_sha256
+    monkeypatch.setattr(features_mod, "tensor_sha256", lambda t: hashed.append(1) or real(t))
+    for _ in range(3):  # three more messages, e.g. three fresh processes
+        again = FeatureCache(tmp_path / "cache").load_or_extract(
+            tiny_backbone, records, with_patches=True, progress=False
+        )
+        assert torch.equal(again.global_, first.global_)
+    assert len(hashed) == 2  # global + patches, verified once (the extraction wrote no memo)
+    path = cache.path(cache.key(tiny_backbone, records))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit, written back: a new mtime, so verified again, and caught
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError, match="fails its checksum"):
+        FeatureCache(tmp_path / "cache").load_or_extract(
+            tiny_backbone, records, with_patches=True, progress=False
+        )
+    st = path.stat()
+    os.truncate(path, st.st_size // 2)
+    with pytest.raises(CacheCorruptError):
+        FeatureCache(tmp_path / "cache").load_or_extract(
+            tiny_backbone, records, with_patches=True, progress=False
+        )
