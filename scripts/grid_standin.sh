@@ -20,13 +20,13 @@
 #                                                #   both splits, with the references
 #   bash scripts/grid_standin.sh tune-head-entropy  # the entropy head (linear, ramp), 3 regimes
 #   bash scripts/grid_standin.sh tune-new-baselines # promptfolio theta, pfedmoap lambda
-#   bash scripts/grid_standin.sh test            # 10 clients x {even, Dir(0.1)} x 3 seeds, all
-#                                                #   methods + ablations (priority 1)
-#   bash scripts/grid_standin.sh test2040        # 20 and 40 clients, main methods (SEEDS=0 default)
+#   bash scripts/grid_standin.sh test            # 10 clients x {even, Dir(0.1), Dir(0.5)} x 3 seeds,
+#                                                #   all methods + ablations (priority 1)
+#   bash scripts/grid_standin.sh partitions      # data.seed=1 of the 10-client even/Dir(0.1) cells
+#   bash scripts/grid_standin.sh test2040        # 20 and 40 clients, main methods, 3 seeds
 #   bash scripts/grid_standin.sh central         # centralised rows (one client, all data)
 #   bash scripts/grid_standin.sh fullft          # fedavg-full at 10 clients (communication base)
 #   bash scripts/grid_standin.sh cross           # UC Merced + AID clients (report the UCM ones)
-#   bash scripts/grid_standin.sh dir05           # 10 clients, Dirichlet(0.5)
 #   bash scripts/grid_standin.sh report          # docs/results.md and docs/results/tuning.md
 #
 # GRID_OVERRIDES: extra Hydra overrides (e.g. shared absolute cache dirs when run from another
@@ -139,15 +139,30 @@ tune-head-seeds)
   done
   ;;
 test)
-  # Seed by seed, so that an interrupted grid still has every method on both splits.
+  # Stage 1 of the test grid (issue 28): 10 clients, every method and ablation, even /
+  # Dirichlet(0.1) / Dirichlet(0.5). Seed by seed, so that an interrupted grid still has every
+  # method on every split.
   for seed in ${SEEDS:-0 1 2}; do
-    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1 "method=$MAIN"
-    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1 "method=$ABLATIONS"
+    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1,dirichlet0.5 \
+      "method=$MAIN"
+    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1,dirichlet0.5 \
+      "method=$ABLATIONS"
+  done
+  ;;
+partitions)
+  # A second partition seed (data.seed=1) of the 10-client even and Dirichlet(0.1) cells: the
+  # paired statistics then span the partition as well as the training noise.
+  for seed in ${SEEDS:-0 1 2}; do
+    test_grid "seed=$seed" federation=ucmerced_10 split=even,dirichlet0.1 "method=$MAIN" \
+      ++run_config.data.seed=1
   done
   ;;
 test2040)
-  test_grid "seed=${SEEDS:-0}" federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
-    "method=$MAIN"
+  # Stage 2: 20 and 40 clients, every method, even and Dirichlet(0.1).
+  for seed in ${SEEDS:-0 1 2}; do
+    test_grid "seed=$seed" federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
+      "method=$MAIN"
+  done
   ;;
 central)
   test_grid "seed=${SEEDS:-0}" federation=ucmerced_1 split=even \
@@ -161,16 +176,16 @@ fullft)
     federation=ucmerced_10 split=even,dirichlet0.1 method=fedavg-full
   ;;
 cross)
-  test_grid "seed=${SEEDS:-0}" federation=cross_ucm_aid split=even "method=$MAIN"
-  ;;
-dir05)
-  test_grid "seed=${SEEDS:-0}" federation=ucmerced_10 split=dirichlet0.5 "method=$MAIN"
+  # Stage 3: UC Merced + AID clients (report the UC Merced ones: AID helped build the model).
+  for seed in ${SEEDS:-0 1 2}; do
+    test_grid "seed=$seed" federation=cross_ucm_aid split=even "method=$MAIN"
+  done
   ;;
 report)
   report
   ;;
 *)
-  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-new-baselines|tune-head-seeds|test|test2040|central|fullft|cross|dir05|report" >&2
+  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-new-baselines|tune-head-seeds|test|partitions|test2040|central|fullft|cross|report" >&2
   exit 2
   ;;
 esac
