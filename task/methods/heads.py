@@ -40,9 +40,11 @@ def head_parts(head: str) -> tuple[str, ...]:
 
 
 def prompt_set(feats: PromptFeatures, personalised: bool) -> torch.Tensor:
-    """Each class's prompt features [C, M, D]: shared and personal (personalised) or shared."""
+    """Each class's prompt features [C, M, D]: shared and personal (personalised) or shared.
+    A personalised head mixed at θ = 0 is the shared prompt's: its set is the shared prompt
+    alone, so that client's personalised model is exactly the global one."""
     members = [feats.shared]
-    if personalised:
+    if personalised and not (feats.mix == 0.0 and feats.shared is not None):
         members.append(feats.personal)
     members = [m for m in members if m is not None]
     if not members:

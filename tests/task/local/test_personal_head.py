@@ -53,6 +53,11 @@ def test_mix_is_exact_at_the_ends_and_normalised_between():
     assert torch.equal(head_text(feats, personalised=False), s)  # the global model: S only
     feats.mix = None
     assert torch.equal(head_text(feats, personalised=True), p)
+    # θ = 0 is the global model exactly, OT head included: the prompt set is S alone.
+    from task.methods.heads import prompt_set
+
+    assert prompt_set(PromptFeatures(s, p, mix=0.0), personalised=True).shape == (5, 1, 8)
+    assert prompt_set(PromptFeatures(s, p, mix=0.3), personalised=True).shape == (5, 2, 8)
 
 
 def test_choose_mix_follows_the_prompt_that_fits_the_held_out_images():
