@@ -96,8 +96,8 @@ tune-head)
   # The personalised head of fedrsclip (issue 23) and PromptFolio's theta (issue 24), chosen on
   # validation under both label regimes; the references first.
   for split in even dirichlet0.1; do
-    tune "$split" seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip,fedrsclip-concat
-    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=auto,mix
+    tune "$split" seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip-concat
+    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=private,auto,mix
     tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=auto \
       ++run_config.loss.alpha=0.1,0.0
     tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=auto \
@@ -106,21 +106,21 @@ tune-head)
   done
   ;;
 tune-head-entropy)
-  # The head from each client's own label skew (prompt.personal-head=entropy: theta ramps from
-  # the shared prompt at prompt.skew-low to the private one at prompt.skew-high). The linear
-  # rule (skew-low 0, skew-high 1), then the ramp under the three label regimes, its DPA weight.
+  # The head from each client's own label skew (prompt.personal-head=entropy, the default since
+  # this stage: theta ramps from the shared prompt at prompt.skew-low to the private one at
+  # prompt.skew-high). The linear rule (skew-low 0, skew-high 1), then the ramp under the three
+  # label regimes, and its DPA weight; the references under Dirichlet(0.5).
   for split in even dirichlet0.1; do
     tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
       ++run_config.prompt.skew-low=0.0 ++run_config.prompt.skew-high=1.0
   done
   for split in even dirichlet0.1 dirichlet0.5; do
-    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy
+    tune "$split" seed=0 method=fedrsclip
   done
   for split in even dirichlet0.1; do
-    tune "$split" seed=0 method=fedrsclip ++run_config.prompt.personal-head=entropy \
-      ++run_config.loss.alpha=0.1
+    tune "$split" seed=0 method=fedrsclip ++run_config.loss.alpha=0.1
   done
-  tune dirichlet0.5 seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip
+  tune dirichlet0.5 seed=0 method=zeroshot,local,promptfl,promptfolio,fedrsclip-separate
   ;;
 tune-new-baselines)
   # PromptFolio and pFedMoAP (issue 24) from their papers' defaults (theta 0.4; K = 10 experts,
@@ -132,10 +132,9 @@ tune-new-baselines)
   tune dirichlet0.1 seed=0 method=promptfolio ++run_config.prompt.mix-theta=0.2,0.6
   ;;
 tune-head-seeds)
-  # The spread of the head candidates that tune-head left close: seeds 1 and 2.
+  # The spread: seeds 1 and 2 of the chosen head (the default) and the references, both splits.
   for split in even dirichlet0.1; do
-    tune "$split" seed=1,2 method=promptfl,local,fedrsclip ${HEAD_SEEDS_OVERRIDES:-}
-    tune "$split" seed=1,2 method=fedrsclip ++run_config.prompt.personal-head=auto
+    tune "$split" seed=1,2 method=promptfl,local,promptfolio,fedrsclip
   done
   ;;
 test)

@@ -51,7 +51,7 @@ class PromptConfig:
     init_std: float = key(0.02, "std of random context vectors")
     rank: int = key(2, "rank r of `fedpgp`'s private low-rank part U Vᵀ")
     personal_head: str = key(
-        "private",
+        "entropy",
         "class features of `fedrsclip`'s personalised CLIP head: `private` (the personal "
         "prompt's), `mix` (normalize((1 - θ) s_c + θ p_c), θ = `prompt.mix-theta`) or `auto` "
         "(θ chosen per client on its selection split) or `entropy` (θ from the label skew of "

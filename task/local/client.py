@@ -17,7 +17,6 @@ partition), so a resumed run replays exactly what an uninterrupted one would hav
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 from task.config import RunConfig
 from task.data.records import ImageRecord
 from task.data.source import data_source
-from task.local.evaluate import choose_mix, evaluate, prompt_features
+from task.local.evaluate import choose_mix, evaluate, label_skew_mix, prompt_features
 from task.local.features import FeatureCache, FeatureSet, selection_split
 from task.local.private_store import PrivateStore
 from task.local.train import EvalResult, TrainResult, train
@@ -114,15 +113,9 @@ class PromptClient(FederatedClient):
         ``u = 1 - H(p)/log C`` is 0 for a client holding every class evenly and 1 for a
         one-class client; θ ramps linearly from 0 (the shared prompt) at ``prompt.skew-low``
         to 1 (its private prompt) at ``prompt.skew-high``."""
-        n_classes = len(self.fed.class_names)
-        labels = torch.tensor([r.label for r in self.data.train], dtype=torch.long)
-        if n_classes < 2 or len(labels) == 0:
-            return 0.0
-        p = torch.bincount(labels, minlength=n_classes).double()
-        p = p[p > 0] / p.sum()
-        skew = 1.0 - float(-(p * p.log()).sum()) / math.log(n_classes)
-        low, high = self.cfg.prompt.skew_low, self.cfg.prompt.skew_high
-        return min(1.0, max(0.0, (skew - low) / (high - low)))
+        p = self.cfg.prompt
+        labels = [r.label for r in self.data.train]
+        return label_skew_mix(labels, len(self.fed.class_names), p.skew_low, p.skew_high)
 
     def selection_split(self, feats: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
         seed = (self.cfg.data.seed, self.partition_id, SELECTION_SEED)

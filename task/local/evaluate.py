@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +97,15 @@ def choose_mix(
         scores.append((theta, res.loss, res.accuracy))
     best = min(scores, key=lambda s: (s[1], s[0]))
     return MixChoice(best[0], scores)
+
+
+def label_skew_mix(labels: list[int], n_classes: int, low: float, high: float) -> float:
+    """θ of the ``entropy`` head from a client's training labels: its label skew
+    ``u = 1 - H(p)/log C`` (0: every class evenly, 1: one class) mapped linearly from 0 at
+    ``low`` to 1 at ``high`` (clamped)."""
+    if n_classes < 2 or not labels:
+        return 0.0
+    p = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=n_classes).double()
+    p = p[p > 0] / p.sum()
+    skew = 1.0 - float(-(p * p.log()).sum()) / math.log(n_classes)
+    return min(1.0, max(0.0, (skew - low) / (high - low)))

@@ -125,6 +125,8 @@ def _personal_mix(method: Any, cfg: Any, store: Path, final_round: int) -> float
         theta = ps.load_mix(final_round)
     except PrivateStoreError as err:
         raise RunLoadError(str(err)) from err
+    if theta is None and kind == "entropy":
+        theta = _entropy_mix_from_data(cfg, client_dir)
     if theta is None:
         raise RunLoadError(
             f"no personalised-head θ for round {final_round} in {client_dir} "
@@ -132,6 +134,26 @@ def _personal_mix(method: Any, cfg: Any, store: Path, final_round: int) -> float
             "round's model; pass --round with a round it evaluated)"
         )
     return theta
+
+
+def _entropy_mix_from_data(cfg: Any, client_dir: Path) -> float | None:
+    """The entropy head's θ recomputed from the client's training labels, where this machine
+    can list the run's data (it is a function of the labels alone); None otherwise."""
+    from task.local.evaluate import label_skew_mix
+
+    m = _CLIENT_DIR.match(client_dir.name)
+    if m is None or cfg.data.partitioner == "local":
+        return None
+    try:
+        from task.data.federation import build_federation
+
+        fed = build_federation(cfg.data)
+        labels = [r.label for r in fed.client(int(m.group(1))).train]
+    except Exception as err:  # noqa: BLE001 (no data here: the mix file was the only source)
+        log.info("cannot recompute the entropy head's θ from the data (%s)", err)
+        return None
+    p = cfg.prompt
+    return label_skew_mix(labels, len(fed.class_names), p.skew_low, p.skew_high)
 
 
 def _class_names(root: Path, cfg: Any) -> list[str]:

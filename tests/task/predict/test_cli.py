@@ -56,6 +56,7 @@ def make_run(
             for c in range(clients):
                 store = PrivateStore(tmp / "private", run.experiment_id, c)
                 store.save(torch.randn(4, width, generator=g), r)
+                store.save_mix(r, 0.25 * (c + 1))  # the θ a client's evaluation keeps
     if manifest:
         (run.root / "partition.json").write_text(json.dumps({"class_names": TINY_CLASSES}))
     return run.root, run.experiment_id
