@@ -6,6 +6,10 @@ two such sets run for run, every metric of every round except wall-clock timings
     python scripts/identity_check.py run --out /tmp/identity/after           # in checkout B
     python scripts/identity_check.py compare /tmp/identity/before /tmp/identity/after
 
+``--inprocess`` runs them through the real ServerApp loop and ClientApp handlers in one process
+(testkit's in-process Grid) instead of `flwr run`: in a simulation the clients import the code
+of the directory the local SuperLink was started from, which may be another checkout.
+
 ``run`` uses the launcher in the current directory, so it exercises that checkout's code; every
 run has its own feature cache and private store under ``--out`` (nothing is shared between the
 two sets). ``compare`` exits 1 on the first difference and names it.
@@ -62,6 +66,47 @@ def launch(out: Path, methods: str, recipe: str, extra: list[str]) -> int:
     return subprocess.call(cmd)
 
 
+INPROCESS = r"""
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from client_app.app import app
+from server_app.loop import run_server
+from testkit.grid import InProcessGrid, task_identity
+out, method, split = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+recipe = {"train.optimizer": "adamw", "train.lr": 0.01, "train.epochs": 1, "train.batch-size": 32,
+          "loss.ot-iters": 20}
+if method == "fedavg-full":
+    recipe = {"train.optimizer": "adamw", "train.lr": 1e-4, "train.weight-decay": 0.1,
+              "train.epochs": 1, "train.batch-size": 32}
+cfg = {"model.name": str(Path("../shared/models/rs-lit-b0-minilm").resolve()),
+       "data.root": str(Path("../shared/data/ucmerced").resolve()), "data.num-clients": 3,
+       "server.num-rounds": 2, "server.min-nodes": 2, "method.name": method,
+       "cache.dir": str(out / "cache"), "client.private-dir": str(out / "private"),
+       "run.dir": str(out / "runs"), "run.name": f"{method}-{split}", **recipe}
+if split == "dirichlet0.1":
+    cfg.update({"data.partitioner": "dirichlet", "data.alpha": 0.1, "data.min-client-size": 10})
+with task_identity():
+    run_server(InProcessGrid(app, cfg, 3), cfg)
+"""
+
+
+def run_inprocess(out: Path, with_full: bool) -> int:
+    """The same federations through the real ServerApp loop and ClientApp handlers in one
+    process (testkit's Grid): no SuperLink, so no doubt about whose code the clients run."""
+    out.mkdir(parents=True, exist_ok=True)
+    methods = PROMPT_METHODS.split(",") + (["fedavg-full"] if with_full else [])
+    rc = 0
+    for split in ("even", "dirichlet0.1"):
+        for method in methods:
+            if method == "fedavg-full" and split != "even":
+                continue
+            print(f"+ {method} {split}", flush=True)
+            rc = rc or subprocess.call([sys.executable, "-c", INPROCESS, str(out), method, split])
+    return rc
+
+
 def run(out: Path, with_full: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rc = launch(out, PROMPT_METHODS, "standin", [])
@@ -111,12 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the small federations with this checkout's code")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--no-full", action="store_true", help="skip fedavg-full (slow on CPU)")
+    r.add_argument(
+        "--inprocess", action="store_true", help="in one process (testkit's Grid), no SuperLink"
+    )
     c = sub.add_parser("compare", help="compare two sets, timings aside")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        return run(args.out.resolve(), not args.no_full)
+        runner = run_inprocess if args.inprocess else run
+        return runner(args.out.resolve(), not args.no_full)
     return compare(args.a, args.b)
 
 
