@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy import REPO, load_script
+from tests.deploy import REPO, load_script, skip_or_fail
 
 DOCKER = REPO / "docker"
 gen = load_script("gen_compose")
@@ -198,10 +198,22 @@ def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: boo
     assert f"supernode-{n}" not in svcs
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def _compose_cli() -> list[str]:
+    """docker-compose, or podman-compose (what .ci/run installs); skip (or fail, see
+    tests/deploy/__init__.py) where neither is."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose", "--project-directory", str(DOCKER)]
+    if shutil.which("podman-compose") and shutil.which("podman"):
+        return ["podman-compose"]
+    skip_or_fail("compose", "neither docker-compose nor podman + podman-compose is installed")
+    return []
+
+
 @pytest.mark.parametrize("files", COMBOS, ids=["+".join(c) for c in COMBOS])
 def test_docker_compose_config_accepts(files: tuple[str, ...]) -> None:
-    args = ["docker-compose", "--project-directory", str(DOCKER)]
+    """The compose tool itself accepts every combination of files (its own parser, not only
+    the JSON schema); volumes and their sources come out as each node needs them."""
+    args = _compose_cli()
     for f in files:
         args += ["-f", str(DOCKER / f)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
@@ -212,7 +224,23 @@ def test_docker_compose_config_accepts(files: tuple[str, ...]) -> None:
     cfg = yaml.safe_load(res.stdout)
     for i in range(N):
         vols = cfg["services"][f"superexec-clientapp-{i}"]["volumes"]
-        sources = {t: s for s, t in map(_split, vols)}
+        # podman-compose keeps relative bind sources relative to the project directory.
+        sources = {
+            t: str((DOCKER / s).resolve()) if s.startswith(".") else s for s, t in map(_split, vols)
+        }
         assert sources["/data/node/private"] == f"node-{i}-private"
         assert sources["/data/node/.cache/features"] == f"node-{i}-features"
         assert sources["/data/images"] == str((DOCKER / ENV[f"NODE_{i}_DATA_ROOT"]).resolve())
+
+
+def test_a_required_tool_that_is_missing_fails_instead_of_skipping(monkeypatch) -> None:
+    """.ci/run sets FEDRSCLIP_REQUIRE once it installed podman: a missing tool is then a red
+    test, not a silent skip."""
+    import _pytest.outcomes
+
+    monkeypatch.setenv("FEDRSCLIP_REQUIRE", "podman,compose")
+    with pytest.raises(_pytest.outcomes.Failed, match="required by FEDRSCLIP_REQUIRE"):
+        skip_or_fail("compose", "no compose tool")
+    monkeypatch.setenv("FEDRSCLIP_REQUIRE", "")
+    with pytest.raises(_pytest.outcomes.Skipped):
+        skip_or_fail("compose", "no compose tool")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy import REPO, load_script
+from tests.deploy import REPO, load_script, skip_or_fail
 
 demo = load_script("compose_demo")
 checks = demo.checks
@@ -223,7 +223,10 @@ def test_extra_ca_certs_are_removed_after_a_build(tmp_path: Path) -> None:
 def _engine() -> Any:
     engine = images.detect_engine()
     if engine is None:
-        pytest.skip("no podman + podman-compose>=1.1 nor Docker: scripts/compose_images.py install")
+        skip_or_fail(
+            "podman",
+            "no podman + podman-compose>=1.1 nor Docker: scripts/compose_images.py install",
+        )
     return engine
 
 
