@@ -52,9 +52,38 @@ def test_batched_over_images_and_classes_equals_one_by_one():
 
 
 def test_single_prompt_shortcut_equals_solver():
-    cost = torch.rand(4, 6, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    solved = sinkhorn_plan(cost, reg=0.1, max_iter=100, tol=1e-12)
-    torch.testing.assert_close(solved, torch.full_like(cost, 1 / 6))
+    """The shortcut itself (solver=auto, M = 1) against POT's Sinkhorn (solver=pot): plans,
+    similarities, values and their gradients."""
+    patches, prompts = _unit(4, 6, 8, seed=2), _unit(3, 1, 8, seed=3)
+    fast_in = prompts.clone().requires_grad_(True)
+    slow_in = prompts.clone().requires_grad_(True)
+    fast = patch_prompt_ot(patches, fast_in, reg=0.1, max_iter=100, tol=1e-12, solver="auto")
+    slow = patch_prompt_ot(patches, slow_in, reg=0.1, max_iter=100, tol=1e-12, solver="pot")
+    torch.testing.assert_close(fast.plan, torch.full_like(fast.plan, 1 / 6))
+    torch.testing.assert_close(fast.plan, slow.plan)
+    torch.testing.assert_close(fast.similarity, slow.similarity)
+    torch.testing.assert_close(fast.distance, slow.distance)
+    fast.distance.sum().backward()
+    slow.distance.sum().backward()
+    torch.testing.assert_close(fast_in.grad, slow_in.grad)
+
+
+@pytest.mark.parametrize("reg", [0.05, 0.1])
+def test_two_point_solver_matches_pot_in_float32_at_the_training_tolerance(reg):
+    """What training runs: float32 features, loss.ot-tol = 1e-6, 20 to 100 iterations. The
+    exact two-point solver and POT's Sinkhorn agree to float32 precision there, in the loss and
+    in its gradient."""
+    patches = _unit(6, 9, 16, seed=7, dtype=torch.float32)
+    prompts = _unit(5, 2, 16, seed=8, dtype=torch.float32)
+    out = {}
+    for solver, iters in (("auto", 20), ("pot", 1000)):
+        p = prompts.clone().requires_grad_(True)
+        res = patch_prompt_ot(patches, p, reg=reg, max_iter=iters, tol=1e-6, solver=solver)
+        res.distance.sum().backward()
+        out[solver] = (res.similarity.detach(), res.distance.detach(), p.grad)
+    for fast, slow in zip(out["auto"], out["pot"], strict=True):
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-4)
 
 
 def test_single_prompt_similarity_is_mean_patch_cosine():
