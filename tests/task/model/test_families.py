@@ -242,3 +242,69 @@ def test_preflight_accepts_exactly_the_loadable_families():
     from task.runs.preflight import SUPPORTED_MODEL_TYPES
 
     assert {MODEL_MAPPING_NAMES[t] for t in SUPPORTED_MODEL_TYPES} == set(FAMILIES)
+
+
+# -- an independent reference for learned contexts ----------------------------------------------
+def _hf_context_features(backbone, classes, ctx):
+    """Features of ``<prefix> ctx <class>.`` from the Hugging Face text model itself: the
+    tokenizer's own ids with placeholder tokens where the context goes, padded by the family's
+    convention with the attention mask, and a hook on the model's token embedding that puts
+    ``ctx`` (with its gradient) at those positions. Nothing of task.model.prompts is used."""
+    tok = backbone.tokenizer
+    n = ctx.shape[0]
+    placeholder = tok("a", add_special_tokens=False).input_ids[0]
+    rows, starts = [], []
+    for name in classes:
+        full = tok(f"{name}.").input_ids
+        content = tok(f"{name}.", add_special_tokens=False).input_ids
+        start = next(i for i in range(len(full)) if full[i : i + len(content)] == content)
+        rows.append(full[:start] + [placeholder] * n + full[start:])
+        starts.append(start)
+    assert len(set(starts)) == 1
+    start = starts[0]
+    pad = backbone.text.pad_id
+    width = 64 if backbone.family == "siglip" else max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    embedding = next(
+        m
+        for name, m in backbone.model.text_model.named_modules()
+        if isinstance(m, torch.nn.Embedding)
+        and name.endswith(("token_embedding", "word_embeddings"))
+    )
+
+    def put_ctx(module, inputs, out):
+        out = out.clone()
+        out[:, start : start + n] = ctx.to(out.dtype)
+        return out
+
+    handle = embedding.register_forward_hook(put_ctx)
+    try:
+        kwargs = {} if backbone.family == "siglip" else {"attention_mask": mask}
+        out = backbone.model.get_text_features(input_ids=ids, **kwargs)
+    finally:
+        handle.remove()
+    return F.normalize(out.pooler_output, dim=-1)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_backbone", "tiny_dual_encoder", "tiny_siglip"])
+def test_random_contexts_and_their_gradients_match_the_hf_model(request, fixture):
+    """Issue 29: features and gradients of random (not phrase) contexts, through our cut and
+    padded path, equal the Hugging Face model fed the same context as token embeddings."""
+    backbone = request.getfixturevalue(fixture)
+    classes = CLASSES
+    cfg = PromptConfig(init="", private_init="random", init_std=0.5)
+    learner = PromptLearner(backbone, classes, cfg, with_private=False, seed=11)
+    weights = torch.randn(
+        len(classes), backbone.embed_dim, generator=torch.Generator().manual_seed(1)
+    )
+    ours = learner(shared=True, personal=False).shared
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), [learner.shared_ctx])
+    ctx = learner.shared_ctx.detach().clone().requires_grad_(True)
+    ref = _hf_context_features(backbone, classes, ctx)
+    (grad_ref,) = torch.autograd.grad((ref * weights).sum(), [ctx])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-5, rtol=1e-4)
