@@ -171,17 +171,7 @@ def train_phase(
     outcome = strategy.train_outcome(server_round, ex.replies, ex.messages, sent, dp)
     rep = outcome.report
     rep.failed += ex.missing
-    if rep.ok < srv.replies_needed:
-        err = RoundFailedError(
-            f"round {server_round} failed: {rep.ok} valid training repl"
-            f"{'y' if rep.ok == 1 else 'ies'} of {len(ex.messages)} sent (failed {rep.failed}, "
-            f"rejected {len(rep.rejected)}; reasons: "
-            f"{[r['reason'] for r in rep.rejected]}), server.min-replies={srv.replies_needed}. "
-            f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
-            f"resumes after round {server_round - 1}"
-        )
-        log.error("%s", err)
-        raise err
+    _require_replies(rep, len(ex.messages), server_round, srv.replies_needed)
     tally.absorb(rep)
     if router is not None:
         router.update(outcome.kept, server_round)
@@ -202,6 +192,22 @@ def train_phase(
             "round %d: no valid training reply; the shared prompt is unchanged", server_round
         )
     return shared, fields, evaluation
+
+
+def _require_replies(rep: RoundReport, sent: int, server_round: int, needed: int) -> None:
+    """Fail the round (nothing of it saved) when too few training replies were valid."""
+    if rep.ok >= needed:
+        return
+    err = RoundFailedError(
+        f"round {server_round} failed: {rep.ok} valid training repl"
+        f"{'y' if rep.ok == 1 else 'ies'} of {sent} sent (failed {rep.failed}, "
+        f"rejected {len(rep.rejected)}; reasons: "
+        f"{[r['reason'] for r in rep.rejected]}), server.min-replies={needed}. "
+        f"Nothing of round {server_round} was saved: restarting the run (same run.name) "
+        f"resumes after round {server_round - 1}"
+    )
+    log.error("%s", err)
+    raise err
 
 
 def _eval_fields(outcome: EvaluationOutcome, global_eval: str) -> dict[str, Any]:

@@ -123,24 +123,8 @@ class ServerConfig:
                 "a round could never collect enough replies. Fix: raise server.min-nodes or "
                 "lower server.min-replies"
             )
-        if not (math.isfinite(self.max_norm_ratio) and self.max_norm_ratio >= 0):
-            raise ConfigError(
-                f"server.max-norm-ratio must be >= 0 (0 = off), got {self.max_norm_ratio}"
-            )
-        if 0 < self.max_norm_ratio < 1:
-            raise ConfigError(
-                f"server.max-norm-ratio must be 0 (off) or >= 1 (a bound above the median), "
-                f"got {self.max_norm_ratio}"
-            )
-        if not (math.isfinite(self.max_examples_ratio) and self.max_examples_ratio >= 0):
-            raise ConfigError(
-                f"server.max-examples-ratio must be >= 0 (0 = off), got {self.max_examples_ratio}"
-            )
-        if 0 < self.max_examples_ratio < 1:
-            raise ConfigError(
-                f"server.max-examples-ratio must be 0 (off) or >= 1 (a bound above the median), "
-                f"got {self.max_examples_ratio}"
-            )
+        _median_ratio("server.max-norm-ratio", self.max_norm_ratio)
+        _median_ratio("server.max-examples-ratio", self.max_examples_ratio)
         if not self.max_update_norm >= 0:
             raise ConfigError(
                 f"server.max-update-norm must be >= 0 (0 = off), got {self.max_update_norm}"
@@ -170,6 +154,14 @@ class ServerConfig:
     def replies_needed(self) -> int:
         """Valid training replies a round needs (server.min-replies, 0 = auto)."""
         return self.min_replies or min(2, self.min_nodes)
+
+
+def _median_ratio(name: str, value: float) -> None:
+    """A bound above the round's median: 0 (off) or >= 1."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be >= 0 (0 = off), got {value}")
+    if 0 < value < 1:
+        raise ConfigError(f"{name} must be 0 (off) or >= 1 (a bound above the median), got {value}")
 
 
 @dataclass

@@ -96,6 +96,17 @@ class Method:
             return "private"
         return prompt.personal_head if self.personal_head_configurable else self.personal_head
 
+    def unread_keys(self) -> frozenset[str]:
+        """Run-config keys of the personalised head this method never reads (a report does not
+        tell its runs apart by them)."""
+        head_keys = {"prompt.personal-head", "prompt.skew-low", "prompt.skew-high"}
+        head_keys |= {"prompt.mix-holdout", "prompt.mix-grid", "prompt.mix-theta"}
+        if self.personal_head_configurable and self.has_shared and self.has_private:
+            return frozenset()
+        if self.personal_head == "mix" and self.has_shared and self.has_private:
+            return frozenset(head_keys - {"prompt.mix-theta"})
+        return frozenset(head_keys)
+
     def train_mix(self, prompt: PromptConfig) -> float | None:
         """θ the personalised CLIP head trains with: the fixed θ of ``mix``; None otherwise
         (``auto`` trains each prompt as itself, then chooses how to mix them)."""

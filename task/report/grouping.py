@@ -47,11 +47,16 @@ def method_rank(name: str) -> tuple[int, str]:
 def _row_label(
     run: Run, filled: Mapping[str, Any], defaults: Mapping[str, Any], variant_keys: Sequence[str]
 ) -> str:
-    """The method, with the variant keys this run has off their default in brackets."""
+    """The method, with the variant keys this run has off their default in brackets (those
+    the method reads: a baseline is not split by the personalised head of fedrsclip)."""
+    unread = METHODS[run.method].unread_keys() if run.method in METHODS else frozenset()
     off = [
         f"{k}={filled[k]}"
         for k in variant_keys
-        if k in filled and k in defaults and norm(filled[k]) != norm(defaults[k])
+        if k in filled
+        and k in defaults
+        and k not in unread
+        and norm(filled[k]) != norm(defaults[k])
     ]
     return f"{run.method} ({', '.join(off)})" if off else run.method
 

@@ -265,8 +265,14 @@ def test_compose_demo_end_to_end(tmp_path: Path) -> None:
     exp = facts["experiment"]
     for i in range(3):
         files = facts["volumes"][f"node-{i}-private"]
-        assert files and all(p.startswith(f"{exp}/client-{i}/private-r") for p in files)
-    holders = {v for v, fs in facts["volumes"].items() for p in fs if "private-r" in p}
+        # Its private prompt versions, the personalised head's θ per evaluation, and the lock
+        # that keeps a second process out of the client's folder.
+        mine = (f"{exp}/client-{i}/private-r", f"{exp}/client-{i}/mix-r", f"{exp}/client-{i}.lock")
+        assert files and all(p.startswith(mine) for p in files), files
+        assert any(p.startswith(mine[0]) for p in files)
+    holders = {
+        v for v, fs in facts["volumes"].items() for p in fs if "private-r" in p or "mix-r" in p
+    }
     assert holders == {f"node-{i}-private" for i in range(3)}
     # The server side mounts no image folder and holds no image and no feature.
     for service in ("superlink", "superexec-serverapp"):

@@ -158,9 +158,14 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
     for node in dep.nodes:
         i = node.index
         store = node.private_dir / experiment
-        assert sorted(p.name for p in store.iterdir()) == [f"client-{i}"]
+        # The client's folder and the lock file that keeps two processes out of it.
+        assert sorted(p.name for p in store.iterdir()) == [f"client-{i}", f"client-{i}.lock"]
         files = sorted(p.name for p in (store / f"client-{i}").iterdir())
-        assert files == ["private-r00001.safetensors", "private-r00002.safetensors"]
+        assert files == [
+            "mix-r00002.json",  # θ of the personalised head, written at the one evaluation
+            "private-r00001.safetensors",
+            "private-r00002.safetensors",
+        ]
         caches = list(node.cache_dir.glob("*.safetensors"))
         assert caches, f"no feature cache in {node.cache_dir}"
         # Each node encoded exactly its own folder's images (train + test), nothing else.

@@ -204,7 +204,8 @@ def test_supernode_sigkill_mid_training_and_rejoin(tmp_path: Path, tiny_clip_dir
     assert (run_dir / "summary.json").is_file()
     # Its store: round 1's file untouched (round 3 trained from it), round 3's new one, no temp.
     after = _store_files(store_dir)
-    assert sorted(after) == ["private-r00001.safetensors", "private-r00003.safetensors"], after
+    expected = ["mix-r00003.json", "private-r00001.safetensors", "private-r00003.safetensors"]
+    assert sorted(after) == expected, after  # (mix: the personalised head's θ, round 3's eval)
     assert after["private-r00001.safetensors"] == before["private-r00001.safetensors"]
     assert PrivateStore(victim.private_dir, experiment, VICTIM).load(3)[1] == 3
     assert timings["kill_to_round2_end_s"] < 75, timings

@@ -15,7 +15,13 @@ from tests.reliability.helpers import client_dir, experiment, rows, run, setup_r
 
 
 def _versions(cfg: dict, partition: int) -> list[str]:
-    return sorted(p.name for p in client_dir(cfg, partition).iterdir())
+    """The client's private prompt versions and anything else it left there (temporaries
+    included), less the personalised head's θ files (``mix-r*.json``, one per evaluation)."""
+    return sorted(p.name for p in client_dir(cfg, partition).iterdir() if not _is_mix(p.name))
+
+
+def _is_mix(name: str) -> bool:
+    return name.startswith("mix-r") and name.endswith(".json")
 
 
 @pytest.mark.slow

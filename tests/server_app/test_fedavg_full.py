@@ -187,7 +187,7 @@ def test_fedavg_full_fp16_transport_and_server_side_global_eval(
 def test_fedavg_full_replies_are_validated(tmp_path: Path, tiny_clip_dir: Path) -> None:
     """The same reply checks as for prompts: a NaN in the encoder and an absurd update norm are
     each rejected; the global model is the one honest reply."""
-    cfg = _config(tmp_path, tiny_clip_dir, **{"server.num-rounds": 1})
+    cfg = _config(tmp_path, tiny_clip_dir, **{"server.num-rounds": 1, "server.min-replies": 1})
     nodes = InProcessGrid(client_app, cfg, 3).node_ids
 
     def tamper(dst: int, reply):

@@ -85,3 +85,17 @@ def test_corrupt_memo_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_tensor_checksum_is_byte_exact(make, digest: str) -> None:
     """Feature-cache and private-prompt files already on disk carry these checksums."""
     assert hashing.tensor_sha256(make()) == digest
+
+
+def test_tensor_sha256_ignores_strides_of_size_one_dims() -> None:
+    """A conv kernel of shape (n, c, 1, 1) can carry any stride on its size-one dims and still be
+    "contiguous"; its checksum is that of the same values laid out plainly."""
+    import torch
+
+    from task.hashing import tensor_sha256
+
+    plain = torch.randn(8, 3, 1, 1)
+    odd = plain.as_strided((8, 3, 1, 1), (3, 1, 64, 64))
+    assert odd.is_contiguous() and odd.stride(-1) == 64
+    assert tensor_sha256(odd) == tensor_sha256(plain.clone())
+    assert tensor_sha256(odd) != tensor_sha256(plain + 1)

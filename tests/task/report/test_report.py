@@ -263,6 +263,23 @@ def test_variant_key_makes_a_method_row_not_a_setup(tmp_path: Path) -> None:
     assert tie in text
 
 
+def test_variant_keys_a_method_never_reads_do_not_split_its_rows(tmp_path: Path) -> None:
+    """prompt.personal-head is fedrsclip's: promptfl runs that differ in it only (the default
+    moved between them) are one row, while fedrsclip's runs are told apart by it."""
+    runs = tmp_path / "runs"
+    make_run(runs, "promptfl", 0, [0.3, 0.5], **{"prompt.personal-head": "private"})
+    make_run(runs, "promptfl", 1, [0.3, 0.7])
+    make_run(runs, "fedrsclip", 0, [0.3, 0.4], **{"prompt.personal-head": "private"})
+    make_run(runs, "fedrsclip", 0, [0.3, 0.6])
+    out = tmp_path / "results.md"
+    keys = "prompt.personal-head"
+    assert main(["--runs", str(runs), "--out", str(out), "--variant-keys", keys]) == 0
+    text = out.read_text()
+    assert "| `promptfl` | 60.00 ± 14.14 |" in text
+    assert "promptfl (prompt.personal-head" not in text
+    assert "| `fedrsclip (prompt.personal-head=private)` | 40.00 (n=1) |" in text
+
+
 def test_unknown_variant_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         out = str(tmp_path / "r.md")
