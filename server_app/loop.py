@@ -92,6 +92,7 @@ def _run(grid: Grid, cfg: AppConfig, run: RunDir) -> dict[str, Any]:
         limits=source.example_limits(core.train.epochs),
         max_update_norm=srv.update_norm_cap,
         bindings=bindings,
+        aggregation=(srv.aggregation, srv.trim_fraction, srv.krum_byzantine),
         fraction_train=srv.fraction_train,
         fraction_evaluate=srv.fraction_evaluate,
         min_train_nodes=srv.replies_needed,

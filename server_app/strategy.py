@@ -39,7 +39,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from protocol.keys import ARRAYS, EVAL_METRICS, METRICS, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS
 from protocol.messages import content_bytes, from_record
-from server_app.aggregate import weighted_average, weighted_mean
+from server_app.aggregate import aggregate_shared, weighted_mean
 from server_app.bindings import PartitionBindings
 from server_app.reply_rules import Reply, ReplyRules
 from task.data.source import ExampleLimits
@@ -120,6 +120,7 @@ class SharedPromptFedAvg(FedAvg):
         limits: ExampleLimits | None = None,
         max_update_norm: float = 0.0,
         bindings: PartitionBindings | None = None,
+        aggregation: tuple[str, float, int] = ("fedavg", 0.2, 1),
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(weighted_by_key=NUM_EXAMPLES, **fedavg_kwargs)
@@ -137,6 +138,8 @@ class SharedPromptFedAvg(FedAvg):
             float(max_update_norm),
         )
         self.bindings = bindings
+        # server.aggregation, server.trim-fraction, server.krum-byzantine
+        self.aggregation = aggregation
         # The DP wrapper's call back into aggregate_train needs this round's screening.
         self._dp_round: tuple[Screening, Mapping[str, torch.Tensor]] | None = None
 
@@ -290,7 +293,8 @@ class SharedPromptFedAvg(FedAvg):
     def _average(
         self, screening: Screening, sent: Mapping[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor] | None, float | None]:
-        """Apply the round's outlier rules, then FedAvg the shared tensors of what is left."""
+        """Apply the round's outlier rules, then aggregate the shared tensors of what is left
+        (FedAvg, or the robust rule of ``server.aggregation``)."""
         screening.drop(self.rules.claim_outliers(screening.kept, train=True)[1])
         screening.drop(self.rules.norm_cap(screening.kept, sent)[1])
         screening.drop(self.rules.norm_outliers(screening.kept, sent)[1])
@@ -300,7 +304,7 @@ class SharedPromptFedAvg(FedAvg):
         for r in kept:
             screening.report.per_client[r.partition_id] = r.metrics.record_fields(r.node)
         states = [(r.tensors, r.num_examples) for r in kept]
-        averaged = weighted_average(states) if self.shared_shapes else {}
+        averaged = aggregate_shared(states, *self.aggregation) if self.shared_shapes else {}
         loss = weighted_mean([(r.metrics.train_loss, r.num_examples) for r in kept])
         return averaged, loss
 

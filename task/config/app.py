@@ -22,6 +22,7 @@ from task.config.fields import ConfigError, flatten, key, section_roles
 GLOBAL_EVAL_MODES = ("client", "server", "none")
 EVAL_MODES = ("fused", "separate")
 DP_MODES = ("off", "server", "client")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum")  # server_app.aggregate
 ON_CORRUPT_MODES = ("error", "quarantine")
 # Run names and experiment ids (they name directories on the server and on every node).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
@@ -90,6 +91,42 @@ class ServerConfig:
     )
     dp_clipping_norm: float = key(1.0, "C: L2 bound on each client's update")
     dp_noise_multiplier: float = key(1.0, "z: noise std = z·C / clients sampled")
+    aggregation: str = key(
+        "fedavg",
+        "how the accepted replies' shared tensors become the global ones: `fedavg` (weighted "
+        "by examples), or a robust rule that ignores the claimed counts: `median` "
+        "(coordinate-wise), `trimmed-mean`, `krum` (docs/reliability.md)",
+    )
+    trim_fraction: float = key(
+        0.2, "`trimmed-mean`: share of replies dropped at each end of every coordinate, < 0.5"
+    )
+    krum_byzantine: int = key(
+        1, "`krum`: replies assumed malicious (f); a round needs 2f + 3 replies for its bound"
+    )
+
+    def _validate_aggregation(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"server.aggregation must be one of {list(AGGREGATIONS)}, got {self.aggregation!r}"
+            )
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"server.trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.krum_byzantine < 0:
+            raise ConfigError(f"server.krum-byzantine must be >= 0, got {self.krum_byzantine}")
+        if self.aggregation != "fedavg" and self.dp != "off":
+            raise ConfigError(
+                f"server.aggregation={self.aggregation} with server.dp={self.dp}: the DP noise is "
+                "calibrated for the mean of clipped updates. Fix: server.aggregation=fedavg, or "
+                "server.dp=off"
+            )
+        need = 2 * self.krum_byzantine + 3
+        if self.aggregation == "krum" and self.replies_needed < need:
+            raise ConfigError(
+                f"server.aggregation=krum with server.krum-byzantine={self.krum_byzantine} needs "
+                f"at least {need} replies a round, but server.min-replies resolves to "
+                f"{self.replies_needed}. Fix: raise server.min-replies (and server.min-nodes) "
+                f"to {need}, or lower server.krum-byzantine"
+            )
 
     def validate(self) -> None:
         if self.num_rounds < 1:
@@ -131,6 +168,7 @@ class ServerConfig:
             )
         if self.dp not in DP_MODES:
             raise ConfigError(f"server.dp must be one of {list(DP_MODES)}, got {self.dp!r}")
+        self._validate_aggregation()
         if not (math.isfinite(self.dp_clipping_norm) and self.dp_clipping_norm > 0):
             raise ConfigError(f"server.dp-clipping-norm must be > 0, got {self.dp_clipping_norm}")
         if not 0 <= self.dp_noise_multiplier <= 1e3:
@@ -272,9 +310,19 @@ def check_app(cfg: AppConfig) -> None:
 
 
 # -- run names ------------------------------------------------------------------------------
+# Keys declared after runs were named: in the digest only when set away from their default, so
+# that adding them renamed no run (a resume command finds the directory it always found).
+_NAMED_WHEN_SET = ("server.aggregation", "server.trim-fraction", "server.krum-byzantine")
+
+
 def _run_name(cfg: AppConfig, extra_keys: tuple[str, ...]) -> str:
     info = section_roles(cfg.sections())
-    flat = {k: v for k, v in cfg.to_flat().items() if info[k].roles.in_name or k in extra_keys}
+    flat = {
+        k: v
+        for k, v in cfg.to_flat().items()
+        if (info[k].roles.in_name or k in extra_keys)
+        and not (k in _NAMED_WHEN_SET and v == info[k].default)
+    }
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
     d, seed = cfg.core.data, cfg.core.train.seed
     return f"{d.dataset}-{cfg.core.method.name}-{d.num_clients}c-s{seed}-{digest[:6]}"

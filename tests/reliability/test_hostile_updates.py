@@ -316,3 +316,45 @@ def test_superlink_error_for_a_vanished_node_is_counted_once(caplog) -> None:
     assert SUPERLINK_NODE_ID not in rep.bytes_from
     assert any("node 13 failed: the SuperLink answered" in r.message for r in caplog.records)
     assert any("no reply from node(s) [13]" in r.message for r in caplog.records)
+
+
+# -- robust aggregation ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_median_aggregation_keeps_a_poisoner_out_of_the_global_prompt(
+    tmp_path: Path, tiny_clip_dir: Path
+) -> None:
+    """The real loop with server.aggregation set: one client of five adds +50 to every entry of
+    its (screened and accepted: no norm rule) update. Under FedAvg that moves the global prompt
+    by about 10; under the median the global prompt stays where the honest clients put it."""
+    from safetensors.torch import load_file
+
+    def global_after(rule: str) -> torch.Tensor:
+        cfg = setup_run(
+            tmp_path / rule,
+            tiny_clip_dir,
+            num_clients=5,
+            **{
+                "server.num-rounds": 1,
+                "server.min-nodes": 5,
+                "server.max-norm-ratio": 0.0,
+                "server.aggregation": rule,
+                "data.partitioner": "even",
+            },
+        )
+        nodes = [101 + 7 * i for i in range(5)]
+
+        def tamper(dst: int, msg: Message) -> Message:
+            if msg.has_content() and "arrays" in msg.content and dst == nodes[4]:
+                t = msg.content["arrays"].to_torch_state_dict()["shared_ctx"]
+                msg.content["arrays"] = ArrayRecord({"shared_ctx": t + 50.0})
+            return msg
+
+        run(cfg, tamper=tamper)
+        assert rows(cfg)[0]["clients_ok"] == 5
+        ckpt = Path(cfg["run.dir"]) / cfg["run.name"] / "checkpoints" / "global-r00001.safetensors"
+        return load_file(str(ckpt))["shared_ctx"]
+
+    fedavg, median = global_after("fedavg"), global_after("median")
+    shift = (fedavg - median).abs()
+    assert float(shift.min()) > 5.0  # FedAvg took a fifth of the +50
+    assert float(median.abs().max()) < 5.0  # the median stayed with the honest clients
