@@ -54,9 +54,9 @@ def weighted_average(
 
 def aggregate_shared(
     states: Sequence[tuple[Mapping[str, torch.Tensor], int | float]],
-    rule: str = "fedavg",
-    trim_fraction: float = 0.2,
-    byzantine: int = 1,
+    rule: str,
+    trim_fraction: float,
+    byzantine: int,
 ) -> dict[str, torch.Tensor]:
     """The round's shared tensors from the accepted replies under ``server.aggregation``.
 
@@ -65,7 +65,8 @@ def aggregate_shared(
     for an even count, as FedMedian), ``trimmed-mean`` drops the ``floor(trim_fraction * n)``
     lowest and highest values of every coordinate and averages the rest (FedTrimmedAvg), and
     ``krum`` keeps the one reply whose summed squared distance to its ``n - byzantine - 2``
-    nearest others is smallest (Blanchard et al. 2017; at least one neighbour).
+    nearest others is smallest (Blanchard et al. 2017; at least one neighbour). The settings
+    have no defaults here: they are declared once, in the run config (``server.*``).
     """
     if rule == "fedavg":
         return weighted_average(states)
@@ -103,7 +104,7 @@ def _krum_pick(states: Sequence[tuple[Mapping[str, torch.Tensor], int | float]],
     scores = []
     for i in range(n):
         others = torch.cat([dist[i, :i], dist[i, i + 1 :]])
-        scores.append(float(others.sort().values[:neighbours].sum()) if n > 1 else 0.0)
+        scores.append(float(others.sort().values[:neighbours].sum()))  # alone: 0
     return min(range(n), key=lambda i: (scores[i], i))
 
 

@@ -176,3 +176,50 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
         own = {f"imagefolder/{p.relative_to(node.images)}" for p in node.images.rglob("*.png")}
         assert ids == own, f"node {i} encoded {sorted(ids - own)} outside its folder"
     assert os.environ.get("FLWR_HOME") != str(dep.flwr_home)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["promptfolio", "pfedmoap"])
+def test_deployment_runs_the_new_baselines(
+    tmp_path: Path, tiny_clip_dir: Path, method: str
+) -> None:
+    """PromptFolio and pFedMoAP through the Deployment Engine (3 SuperNodes, own folders): both
+    rounds complete on every node, the reply carries the declared shared set only, and pFedMoAP's
+    second message to each node carries its own experts (prompt.experts - 1 prompts more)."""
+    images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=8)
+    cfg = tiny_run_config(tmp_path, tiny_clip_dir, images)
+    cfg.update(
+        {
+            "method.name": method,
+            "prompt.experts": 2,
+            "prompt.n-ctx": 4,
+            "cache.dir": ".cache/features",
+            "server.eval-every": 2,
+            "server.timeout": 240.0,
+        }
+    )
+    run_config = tmp_path / "run-config.toml"
+    run_config.write_text(to_toml(cfg))
+    dep = dl.LocalDeployment(tmp_path / "deploy", num_nodes=3, tls=False, auth=False)
+    with dep:
+        dep.prepare()
+        local_config = dep.split_folders(run_config, copy=True)
+        dep.start_superlink()
+        dep.start_supernodes()
+        res = dep.run(REPO, local_config, timeout=420)
+        assert res.returncode == 0, res.stdout[-6000:]
+
+    run = tmp_path / "runs" / "tiny"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["clients_ok"] == 3 and r["clients_failed"] == 0 and r["replies_rejected"] == 0
+        assert r["reply_array_keys"] == ["shared_ctx"]
+        assert sorted(r["per_client"]) == ["0", "1", "2"]
+    assert 0.0 <= rows[-1]["personalised_accuracy"] <= 1.0
+    if method == "pfedmoap":
+        expert_bytes = 1 * 4 * 32 * 4  # prompt.experts - 1 prompts of 4 x 32 (tiny CLIP), fp32
+        first, second = rows[0]["per_client"], rows[1]["per_client"]
+        for pid in ("0", "1", "2"):
+            extra = second[pid]["bytes_received"] - first[pid]["bytes_received"]
+            assert extra >= expert_bytes, (pid, extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,11 +16,18 @@ from flwr.server.strategy.aggregate import (
     aggregate_trimmed_avg,
 )
 
-from server_app.aggregate import aggregate_shared
+from server_app.aggregate import aggregate_shared, weighted_mean
 from server_app.strategy import SharedPromptFedAvg
 from task.config import ConfigError, parse_app_config
 from task.config.fields import section_roles
 from tests.server_app.test_strategy import SHAPE, reply, train_round
+
+# The settings tests do not vary (the run config's defaults, spelled out: no defaults here).
+TRIM, BYZANTINE = 0.2, 1
+
+
+def _agg(states, rule: str, trim_fraction: float = TRIM, byzantine: int = BYZANTINE):
+    return aggregate_shared(states, rule, trim_fraction, byzantine)
 
 
 def _states(n: int, seed: int = 0) -> list[tuple[dict[str, torch.Tensor], int]]:
@@ -43,20 +51,20 @@ def _close(ours: dict[str, torch.Tensor], theirs: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])
 def test_median_matches_flower(n: int) -> None:
     states = _states(n, seed=n)
-    _close(aggregate_shared(states, "median"), aggregate_median(_as_numpy(states)))
+    _close(_agg(states, "median"), aggregate_median(_as_numpy(states)))
 
 
 @pytest.mark.parametrize(("n", "beta"), [(1, 0.2), (5, 0.2), (10, 0.2), (10, 0.0), (9, 0.45)])
 def test_trimmed_mean_matches_flower(n: int, beta: float) -> None:
     states = _states(n, seed=10 + n)
-    ours = aggregate_shared(states, "trimmed-mean", trim_fraction=beta)
+    ours = _agg(states, "trimmed-mean", trim_fraction=beta)
     _close(ours, aggregate_trimmed_avg(_as_numpy(states), beta))
 
 
 @pytest.mark.parametrize(("n", "f"), [(1, 0), (3, 0), (5, 1), (7, 2), (10, 1), (4, 3)])
 def test_krum_picks_the_reply_flower_picks(n: int, f: int) -> None:
     states = _states(n, seed=20 + n)
-    ours = aggregate_shared(states, "krum", byzantine=f)
+    ours = _agg(states, "krum", byzantine=f)
     _close(ours, aggregate_krum(_as_numpy(states), f, 0))
     # One client's tensors exactly, not a blend.
     assert any(torch.equal(ours["a"], s["a"]) and torch.equal(ours["b"], s["b"]) for s, _ in states)
@@ -65,7 +73,7 @@ def test_krum_picks_the_reply_flower_picks(n: int, f: int) -> None:
 def _one(values: list[float], counts: list[int] | None = None, **kw):
     counts = counts or [1] * len(values)
     states = [({"x": torch.tensor([v])}, c) for v, c in zip(values, counts, strict=True)]
-    return float(aggregate_shared(states, **kw)["x"])
+    return float(_agg(states, **kw)["x"])
 
 
 def test_rules_by_hand() -> None:
@@ -78,6 +86,19 @@ def test_rules_by_hand() -> None:
     # Krum, f = 0: the point whose n - 2 = 2 nearest others are closest in sum.
     assert _one([0.0, 1.0, 2.0, 9.0], rule="krum", byzantine=0) == 1.0
     assert _one([1.0, 3.0], counts=[1, 3], rule="fedavg") == 2.5
+
+
+def test_edges_by_hand() -> None:
+    """One reply of one example is its own average; Krum with n = f + 2 still compares each
+    reply with its nearest neighbour (at least one), so the outlier listed first is not picked."""
+    assert _one([3.0], counts=[1], rule="fedavg") == 3.0
+    assert _one([5.0, 0.0, 0.3], rule="krum", byzantine=1) == 0.0
+
+
+def test_weighted_mean_skips_missing_non_finite_and_uncounted_values() -> None:
+    values = [(1.0, 2), (None, 5), (float("nan"), 5), (float("inf"), 1), (7.0, 0), (4.0, 1)]
+    assert weighted_mean(values) == 2.0
+    assert math.isnan(weighted_mean([(None, 3), (float("nan"), 2)]))
 
 
 def test_robust_rules_ignore_claimed_counts() -> None:
@@ -94,18 +115,18 @@ def test_one_poisoned_reply_cannot_move_the_robust_rules_out_of_the_honest_range
     poison = ({"s": torch.full((16,), 1e4)}, 10)
     lo = torch.stack([s["s"] for s, _ in honest]).min(0).values
     hi = torch.stack([s["s"] for s, _ in honest]).max(0).values
-    assert float(aggregate_shared([*honest, poison])["s"].max()) > 1e3
+    assert float(_agg([*honest, poison], "fedavg")["s"].max()) > 1e3
     for rule in ("median", "trimmed-mean", "krum"):
-        out = aggregate_shared([*honest, poison], rule, trim_fraction=0.2, byzantine=1)["s"]
+        out = _agg([*honest, poison], rule)["s"]
         assert bool(((out >= lo) & (out <= hi)).all()), rule
 
 
 def test_unknown_rule_and_nothing_to_aggregate_raise() -> None:
     with pytest.raises(ValueError, match="unknown aggregation"):
-        aggregate_shared(_states(3), "mean-of-best")
+        _agg(_states(3), "mean-of-best")
     for rule in ("fedavg", "median", "trimmed-mean", "krum"):
         with pytest.raises(ValueError):
-            aggregate_shared([], rule)
+            _agg([], rule)
 
 
 @pytest.mark.parametrize("rule", ["median", "trimmed-mean", "krum"])
