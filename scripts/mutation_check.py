@@ -180,12 +180,23 @@ def enumerate_mutants(source: str, module: str) -> list[tuple[Mutant, str]]:
     return found
 
 
+ROOT_ONLY = ("runs", "runs-", "multirun", "outputs", ".cache", ".git")  # outputs, not code
+
+
 def _copy_repo(dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
-    ignore = shutil.ignore_patterns(
-        ".git", ".cache", "runs*", "multirun", "outputs", "__pycache__", "*.pyc", ".ruff_cache"
-    )
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        at_root = Path(folder) == ROOT
+        return {
+            n
+            for n in names
+            if n in {"__pycache__", ".ruff_cache", ".pytest_cache"}
+            or n.endswith(".pyc")
+            or (at_root and (n in ROOT_ONLY or n.startswith("runs-")))
+        }
+
     shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
 
 
@@ -218,12 +229,18 @@ def _run_tests_forked(copy_root: Path, tests: tuple[str, ...], timeout: float) -
         time.sleep(0.05)
 
 
-def run(modules: list[str], work: Path, timeout: float) -> list[Mutant]:
+def run(
+    modules: list[str], work: Path, timeout: float, done: list[Mutant], save: Path | None
+) -> list[Mutant]:
+    """Mutants of ``modules`` not already in ``done`` (a resumed run), saved after each module."""
     for name in HEAVY_IMPORTS:
         __import__(name)
     _copy_repo(work)
-    results: list[Mutant] = []
+    results: list[Mutant] = list(done)
+    finished = {m.module for m in done}
     for module in modules:
+        if module in finished:
+            continue
         tests = TARGETS[module]
         target = work / module
         source = (ROOT / module).read_text()
@@ -245,6 +262,8 @@ def run(modules: list[str], work: Path, timeout: float) -> list[Mutant]:
         target.write_text(source)
         killed = sum(m.module == module and m.outcome.startswith("killed") for m in results)
         print(f"  {killed}/{len(mutants)} killed", flush=True)
+        if save is not None:
+            save.write_text(json.dumps([asdict(m) for m in results], indent=1))
     return results
 
 
@@ -279,14 +298,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedrsclip-mutants"))
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
     parser.add_argument("--out", type=Path, help="markdown report")
-    parser.add_argument("--json", type=Path, help="every mutant and its outcome")
+    parser.add_argument(
+        "--json", type=Path, help="every mutant and its outcome; an existing file resumes"
+    )
     args = parser.parse_args()
-    results = run(args.only, args.work, args.timeout)
+    done = []
+    if args.json is not None and args.json.exists():
+        done = [Mutant(**m) for m in json.loads(args.json.read_text())]
+    results = run(args.only, args.work, args.timeout, done, args.json)
     command = "python scripts/mutation_check.py " + " ".join(sys.argv[1:])
     if args.out:
         args.out.write_text(report(results, command.strip()))
-    if args.json:
-        args.json.write_text(json.dumps([asdict(m) for m in results], indent=1))
     survived = sum(m.outcome == "survived" for m in results)
     print(f"{len(results)} mutants, {survived} survived")
 

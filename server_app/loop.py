@@ -198,6 +198,7 @@ class ServerRound:
                 tally,
                 pending,
                 self.router,
+                self.progress.reply_counter(server_round),
             )
             record.update(train)
             if pending is not None and evaluation is not None:

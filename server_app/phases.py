@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,7 @@ def exchange(
     tally: RoundTally,
     purpose: str,
     router: ExpertRouter | None = None,
+    on_reply: Callable[[int, int], None] | None = None,
 ) -> Exchanged:
     """Sample nodes (seeded per round and phase, so a replay samples alike), send the shared
     state encoded once (plus each node's own experts with pFedMoAP's ``router``), wait for the
@@ -124,7 +126,7 @@ def exchange(
         router.attach(messages)
     tally.sent(messages)
     sent_at = time.time()
-    replies = send_and_receive(grid, messages, srv.timeout)
+    replies = send_and_receive(grid, messages, srv.timeout, on_reply)
     received_at = time.time()
     kind = "train" if purpose == "sample" else "evaluate"
     missing = _missing(messages, replies, server_round, kind)
@@ -149,6 +151,7 @@ def train_phase(
     tally: RoundTally,
     evaluate_round: int | None = None,
     router: ExpertRouter | None = None,
+    on_reply: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any] | None]:
     """Send the global state, aggregate the valid replies (through the DP wrapper if any);
     returns the new shared state, the phase's record fields and, when ``evaluate_round`` asked
@@ -161,7 +164,16 @@ def train_phase(
             config[ZEROSHOT] = True
     trainer = dp if dp is not None else strategy
     ex = exchange(
-        grid, cfg, trainer.configure_train, shared, server_round, config, tally, "sample", router
+        grid,
+        cfg,
+        trainer.configure_train,
+        shared,
+        server_round,
+        config,
+        tally,
+        "sample",
+        router,
+        on_reply,
     )
     tally.payload = payload_bytes(ex.messages[0].content) if ex.messages else 0
     if dp is not None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("server_app.loop")
+# While round 1 extracts features: a line as replies come, at most this often (and the last).
+REPLY_LINE_EVERY_S = 10.0
 
 # metrics.jsonl field -> TensorBoard tag: what an evaluation brings, and what a round brings.
 EVAL_SCALARS = {
@@ -60,6 +63,7 @@ class RunProgress:
         self.first_round, self.last_round = first_round, last_round
         self.started = time.perf_counter()
         self.zeroshot: float | None = None
+        self.extracting = False  # set by announce_features: round 1 pays the extraction
         self.writer = _writer(root / "tensorboard") if tensorboard else None
 
     def announce_features(self, num_images: int | None, cache_dir: str, model: str) -> None:
@@ -72,6 +76,30 @@ class RunProgress:
             Path(model).name,
             cache_dir,
         )
+        self.extracting = True
+
+    def reply_counter(self, server_round: int) -> Callable[[int, int], None] | None:
+        """During the extraction round: a callback for the transport that logs how many clients
+        have extracted their features and replied (throttled), else None."""
+        if not (self.extracting and server_round == self.first_round):
+            return None
+        start = time.perf_counter()
+        last = [-REPLY_LINE_EVERY_S]
+
+        def arrived(replies: int, sent: int) -> None:
+            now = time.perf_counter() - start
+            if replies < sent and now - last[0] < REPLY_LINE_EVERY_S:
+                return
+            last[0] = now
+            log.info(
+                "round %d: %d/%d clients have extracted their features and replied (%s)",
+                server_round,
+                replies,
+                sent,
+                _duration(now),
+            )
+
+        return arrived
 
     def evaluated(self, server_round: int, fields: dict[str, Any]) -> str:
         """Round ``server_round``'s evaluation arrived: the text for the log line; scalars."""

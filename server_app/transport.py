@@ -10,7 +10,7 @@ returns the replies that came, and whatever did not come is the caller's to coun
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -21,9 +21,13 @@ BACKOFF = 1.5
 
 
 def send_and_receive(
-    grid: Grid, messages: Iterable[Message], timeout: float | None
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float | None,
+    on_reply: Callable[[int, int], None] | None = None,
 ) -> list[Message]:
-    """Push ``messages``, pull their replies until all came or ``timeout`` seconds passed."""
+    """Push ``messages``, pull their replies until all came or ``timeout`` seconds passed;
+    ``on_reply(replies so far, messages sent)`` after each pull that brought any."""
     messages = list(messages)
     try:
         pending = set(grid.push_messages(messages))
@@ -36,6 +40,8 @@ def send_and_receive(
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if got and on_reply is not None:
+            on_reply(len(replies), len(messages))
         if not pending:
             break
         now = time.monotonic()

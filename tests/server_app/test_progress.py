@@ -89,3 +89,28 @@ def test_summary_says_when_personalised_falls_behind(tmp_path):
     ahead = {**base, "zeroshot_accuracy": 0.5, "final_personalised_accuracy": 0.8,
              "final_global_accuracy": 0.7}  # fmt: skip
     assert "note" not in summary_table(ahead, cfg, tmp_path, tmp_path / "c.png")
+
+
+def test_reply_counter_during_the_extraction_round_only_and_throttled(
+    tmp_path, caplog, monkeypatch
+):
+    import server_app.progress as progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    watch = progress.RunProgress(tmp_path, 1, 5, tensorboard=False)
+    assert watch.reply_counter(1) is None  # nothing announced: no extraction to watch
+    watch.announce_features(40, ".cache/features", "model")
+    assert watch.reply_counter(2) is None  # later rounds read the cache
+    counter = watch.reply_counter(1)
+    with caplog.at_level(logging.INFO, logger="server_app.loop"):
+        for t, n in [(3, 1), (5, 2), (14, 9), (15, 12), (30, 30), (31, 39), (32, 40)]:
+            clock[0] = 100.0 + t
+            counter(n, 40)
+    lines = [line for line in _lines(caplog) if "extracted their features" in line]
+    assert lines == [
+        "round 1: 1/40 clients have extracted their features and replied (3 s)",
+        "round 1: 9/40 clients have extracted their features and replied (14 s)",
+        "round 1: 30/40 clients have extracted their features and replied (30 s)",
+        "round 1: 40/40 clients have extracted their features and replied (32 s)",
+    ]

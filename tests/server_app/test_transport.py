@@ -54,3 +54,11 @@ def test_a_grid_without_push_and_pull_is_asked_directly():
             return [("reply", m, timeout) for m in messages]
 
     assert transport.send_and_receive(Direct(), ["x"], 7.0) == [("reply", "x", 7.0)]
+
+
+def test_on_reply_hears_each_pull_that_brought_replies(monkeypatch):
+    monkeypatch.setattr(transport.time, "sleep", lambda s: None)
+    heard = []
+    grid = FakeGrid({"a": 1, "b": 1, "c": 4})
+    transport.send_and_receive(grid, ["m1", "m2", "m3"], None, lambda n, of: heard.append((n, of)))
+    assert heard == [(2, 3), (3, 3)]  # pulls 2 and 3 brought nothing: not reported
