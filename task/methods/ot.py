@@ -142,12 +142,7 @@ def paired_ot(
 
 
 def _solve(
-    cos: torch.Tensor,
-    reg: float,
-    max_iter: int,
-    tol: float,
-    marginal_reg: float = 0.0,
-    solver: str = "auto",
+    cos: torch.Tensor, reg: float, max_iter: int, tol: float, marginal_reg: float, solver: str
 ) -> OTResult:
     """``solver``: ``auto`` takes the exact shortcuts for M <= 2, ``pot`` always runs POT."""
     b, c, n, m = cos.shape

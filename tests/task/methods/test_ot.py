@@ -138,3 +138,68 @@ def test_two_point_solver_converges_in_a_handful_of_newton_steps(reg):
     torch.testing.assert_close(
         two_point_plan(cost, reg=reg, max_iter=12, tol=1e-13), converged, atol=1e-12, rtol=0
     )
+
+
+def _unbalanced_objective(plan, cost, reg, rho):
+    """<T, C> + reg sum T log T + rho (KL~(T 1 | 1/N) + KL~(T^T 1 | 1/M)), written out here."""
+    n, m = cost.shape[-2:]
+
+    def kl(x, y):
+        return (x * np.log(x / y) - x + y).sum(-1)
+
+    return (
+        (plan * cost).sum((-2, -1))
+        + reg * (plan * np.log(plan)).sum((-2, -1))
+        + rho * (kl(plan.sum(-1), 1 / n) + kl(plan.sum(-2), 1 / m))
+    )
+
+
+def test_unbalanced_value_and_similarity_are_the_objective_at_its_minimiser():
+    """FedOTP's relaxed OT (loss.ot-marginal-reg > 0): the distance is the objective at the plan,
+    the plan minimises it (any perturbation costs more), and the similarity is the plan's
+    mass-normalised mean cosine (the mass is far from 1 at a small rho)."""
+    patches, prompts = _unit(3, 5, 8, seed=21), _unit(4, 3, 8, seed=22)
+    reg, rho = 0.1, 0.05
+    res = patch_prompt_ot(patches, prompts, reg, 5000, 1e-13, marginal_reg=rho)
+    plan = res.plan.numpy()
+    cost = 1.0 - torch.einsum("bnd,cmd->bcnm", patches, prompts).numpy()
+    best = _unbalanced_objective(plan, cost, reg, rho)
+    np.testing.assert_allclose(res.distance.numpy(), best, rtol=0, atol=1e-10)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        moved = plan * np.exp(0.05 * rng.standard_normal(plan.shape))
+        assert (_unbalanced_objective(moved, cost, reg, rho) > best).all()
+    mass = plan.sum((-2, -1))
+    assert np.abs(mass - 1).max() > 0.05
+    np.testing.assert_allclose(
+        res.similarity.numpy(), (plan * (1 - cost)).sum((-2, -1)) / mass, rtol=0, atol=1e-12
+    )
+
+
+def test_auto_solver_takes_the_exact_shortcuts_and_pot_beyond_two_prompts(monkeypatch):
+    """M = 1 and M = 2 never reach Sinkhorn under solver='auto' (the shortcuts are what runs);
+    M = 3 does, and equals solver='pot'."""
+    import task.methods.ot as ot_module
+
+    patches = _unit(2, 6, 8, seed=23)
+    reference = {m: patch_prompt_ot(patches, _unit(3, m, 8, seed=m), 0.1, 2000, 1e-12, solver="pot")
+                 for m in (1, 2, 3)}  # fmt: skip
+
+    def no_sinkhorn(*args, **kwargs):
+        raise AssertionError("Sinkhorn called where an exact shortcut exists")
+
+    monkeypatch.setattr(ot_module, "sinkhorn_plan", no_sinkhorn)
+    for m in (1, 2):
+        fast = patch_prompt_ot(patches, _unit(3, m, 8, seed=m), 0.1, 2000, 1e-12)
+        torch.testing.assert_close(fast.distance, reference[m].distance, atol=1e-8, rtol=0)
+    with pytest.raises(AssertionError, match="Sinkhorn called"):
+        patch_prompt_ot(patches, _unit(3, 3, 8, seed=3), 0.1, 2000, 1e-12)
+    monkeypatch.undo()
+    three = patch_prompt_ot(patches, _unit(3, 3, 8, seed=3), 0.1, 2000, 1e-12)
+    torch.testing.assert_close(three.distance, reference[3].distance)
+
+
+def test_paired_ot_gives_one_column_per_image():
+    res = paired_ot(_unit(4, 5, 8, seed=24), _unit(4, 2, 8, seed=25), reg=0.1)
+    assert res.similarity.shape == res.distance.shape == (4, 1)
+    assert res.plan.shape == (4, 1, 5, 2)
