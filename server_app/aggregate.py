@@ -1,5 +1,6 @@
-"""The server's arithmetic, free of Flower: which replies may be averaged, FedAvg itself and the
-robust rules (``server.aggregation``) that replace it on the shared tensors."""
+"""The server's arithmetic, free of Flower: FedAvg itself and the robust rules
+(``server.aggregation``) that replace it on the shared tensors. Which replies may be averaged is
+reply_rules' to say."""
 
 from __future__ import annotations
 
@@ -9,29 +10,6 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from task.config.app import AGGREGATIONS
-from task.methods import PRIVATE_KEY
-
-
-def check_shared(
-    arrays: Mapping[str, torch.Tensor],
-    expected: Mapping[str, tuple[int, ...]],
-    dtype: torch.dtype,
-) -> str | None:
-    """Why a client's shared tensors must not be averaged in, or None if they are fine."""
-    private = [k for k in arrays if k == PRIVATE_KEY or "private" in k]
-    if private:
-        return f"carries private tensor(s) {sorted(private)}: rejected, never aggregated"
-    if set(arrays) != set(expected):
-        return f"keys {sorted(arrays)} != expected {sorted(expected)}"
-    for key, shape in expected.items():
-        t = arrays[key]
-        if tuple(t.shape) != tuple(shape):
-            return f"{key}: shape {tuple(t.shape)} != {tuple(shape)}"
-        if t.dtype != dtype:
-            return f"{key}: dtype {t.dtype} != {dtype}"
-        if not bool(torch.isfinite(t).all()):
-            return f"{key}: non-finite values"
-    return None
 
 
 def weighted_average(
