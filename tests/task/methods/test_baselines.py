@@ -247,3 +247,31 @@ def test_new_config_keys_parse_and_validate():
     for bad in ({"prompt.rank": 0}, {"loss.prox-mu": -1.0}, {"loss.pgp-temp": 0.0}):
         with pytest.raises(ValueError):
             parse_run_config(bad)
+
+
+# What each ablation removes from fedrsclip, as behaviour: (loss terms of a training step,
+# has a private prompt, needs patches with the CLIP head at beta > 0, its personalised head when
+# the config asks for entropy, its prompt fusion).
+ABLATION_BEHAVIOUR = {
+    "fedrsclip": ({"ce", "ce_global", "dpa", "ot"}, True, True, "entropy", "separate"),
+    "fedrsclip-noprivate": ({"ce", "ot"}, False, True, None, "separate"),
+    "fedrsclip-nodpa": ({"ce", "ce_global", "ot"}, True, True, "entropy", "separate"),
+    "fedrsclip-noot": ({"ce", "ce_global", "dpa"}, True, False, "entropy", "separate"),
+    "fedrsclip-separate": ({"ce", "ce_global", "dpa", "ot"}, True, True, "private", "separate"),
+    "fedrsclip-concat": ({"ce", "ce_global", "dpa", "ot"}, True, True, "private", "concat"),
+}
+
+
+@pytest.mark.parametrize("name", list(ABLATION_BEHAVIOUR))
+def test_each_ablation_removes_what_its_name_says(tiny_backbone, name):
+    terms, private, patches_at_beta, head, fusion = ABLATION_BEHAVIOUR[name]
+    method = get_method(name)
+    learner = _learner(tiny_backbone, name)
+    res = train(learner, method, _features(), LossConfig(ot_iters=20), ONE_STEP, 10.0, seed=0)
+    assert set(res.parts) - {"loss"} == terms
+    assert (learner.private_ctx is not None) is private
+    assert learner.fusion == fusion
+    assert method.needs_patches(LossConfig(head="clip", beta=1.0)) is patches_at_beta
+    assert method.needs_patches(LossConfig(head="clip", beta=0.0)) is False
+    if head is not None:
+        assert method.personal_head_for(PromptConfig(personal_head="entropy")) == head
