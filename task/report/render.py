@@ -38,8 +38,11 @@ VALIDATION_NOTE = (
 FEDERATION_NOTE = (
     "*params/round*: shared numbers one client uploads per round "
     "(`Method.params_per_round`, h × W; — where it needs the model, e.g. "
-    "`fedavg-full`). *payload*: measured bytes of the shared tensors in one upload "
-    "(`shared_payload_bytes`). *B up/down*: measured size of every message per round "
+    "`fedavg-full`). *payload*: measured bytes of the tensors in one server-to-client "
+    "training message (`shared_payload_bytes`): the shared state, which the reply carries "
+    "back at the same size, except with `pfedmoap`, whose message also carries the client's "
+    "`prompt.experts` - 1 experts (its upload is params/round x 4 B). "
+    "*B up/down*: measured size of every message per round "
     "(training and evaluation, with metadata), summed over clients. "
     "*s/round (min r≥2)*: "
     "the fastest round after the first (round 1, and for patch-level methods also "

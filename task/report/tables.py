@@ -24,7 +24,7 @@ FEDERATION_HEADER = [
     "final global",
     "best pers.",
     "params/round (registry)",
-    "payload B/upload (measured)",
+    "payload B/message (measured)",
     "B up/round, all clients",
     "B down/round, all clients",
     "wall s",
