@@ -182,7 +182,7 @@ def enumerate_mutants(source: str, module: str) -> list[tuple[Mutant, str]]:
     return found
 
 
-ROOT_ONLY = ("runs", "runs-", "multirun", "outputs", ".cache", ".git")  # outputs, not code
+ROOT_ONLY = ("runs", "multirun", "outputs", ".cache", ".git")  # outputs, not code (and runs-*)
 
 
 def _copy_repo(dest: Path) -> None:
@@ -231,41 +231,61 @@ def _run_tests_forked(copy_root: Path, tests: tuple[str, ...], timeout: float) -
         time.sleep(0.05)
 
 
+def _prepare(work: Path) -> None:
+    """Load the heavy imports once (the forked children inherit them) and copy the repo."""
+    for name in HEAVY_IMPORTS:
+        __import__(name)
+    _copy_repo(work)
+
+
+def _try_mutants(
+    module: str, mutants: list[tuple[Mutant, str]], work: Path, timeout: float
+) -> list[Mutant]:
+    """Each mutant written into the copy and the module's tests run on it; the copy's module is
+    restored afterwards."""
+    target, tests = work / module, TARGETS[module]
+    for mutant, text in mutants:
+        target.write_text(text)
+        start = time.monotonic()
+        mutant.outcome = _run_tests_forked(work, tests, timeout)
+        mutant.seconds = round(time.monotonic() - start, 1)
+        if mutant.outcome == "survived":
+            where = f"{module}:{mutant.line}"
+            print(f"  SURVIVED {where}  {mutant.original!r} -> {mutant.mutated!r}", flush=True)
+    target.write_text((ROOT / module).read_text())
+    return [m for m, _ in mutants]
+
+
+def _save(results: list[Mutant], path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps([asdict(m) for m in results], indent=1))
+
+
 def run(
     modules: list[str], work: Path, timeout: float, done: list[Mutant], save: Path | None
 ) -> list[Mutant]:
     """Mutants of ``modules`` not already in ``done`` (a resumed run), saved after each module."""
-    for name in HEAVY_IMPORTS:
-        __import__(name)
-    _copy_repo(work)
+    _prepare(work)
     results: list[Mutant] = list(done)
     finished = {m.module for m in done}
     for module in modules:
         if module in finished:
             continue
         tests = TARGETS[module]
-        target = work / module
         source = (ROOT / module).read_text()
-        target.write_text(ast.unparse(ast.parse(source)))  # the unparsed original must pass
+        (work / module).write_text(
+            ast.unparse(ast.parse(source))
+        )  # the unparsed original must pass
         baseline = _run_tests_forked(work, tests, timeout * 4)
         if baseline != "survived":
             raise SystemExit(f"{module}: the tests fail on the unmutated module ({baseline})")
         mutants = enumerate_mutants(source, module)
         print(f"{module}: {len(mutants)} mutants, tests {' '.join(tests)}", flush=True)
-        for mutant, text in mutants:
-            target.write_text(text)
-            start = time.monotonic()
-            mutant.outcome = _run_tests_forked(work, tests, timeout)
-            mutant.seconds = round(time.monotonic() - start, 1)
-            results.append(mutant)
-            if mutant.outcome == "survived":
-                where = f"{module}:{mutant.line}"
-                print(f"  SURVIVED {where}  {mutant.original!r} -> {mutant.mutated!r}")
-        target.write_text(source)
-        killed = sum(m.module == module and m.outcome.startswith("killed") for m in results)
+        tried = _try_mutants(module, mutants, work, timeout)
+        results += tried
+        killed = sum(m.outcome.startswith("killed") for m in tried)
         print(f"  {killed}/{len(mutants)} killed", flush=True)
-        if save is not None:
-            save.write_text(json.dumps([asdict(m) for m in results], indent=1))
+        _save(results, save)
     return results
 
 
@@ -284,31 +304,21 @@ def retest(
     modules: list[str], work: Path, timeout: float, done: list[Mutant], save: Path
 ) -> list[Mutant]:
     """Run the survivors of ``done`` again against today's code and tests (after tests were
-    added): a survivor is matched by its change (original -> mutant text), since fixed code
-    moves lines; a survivor whose code is gone drops out. Killed mutants stay killed."""
-    for name in HEAVY_IMPORTS:
-        __import__(name)
-    _copy_repo(work)
+    added): a survivor is matched by its change (original -> mutant text) and its rank among
+    identical changes, since fixed code moves lines; a survivor whose code is gone drops out.
+    Killed mutants stay killed."""
+    _prepare(work)
     results = [m for m in done if not (m.module in modules and m.outcome == "survived")]
     for module in modules:
-        wanted = {key for m, key in _ranked([m for m in done if m.module == module])
-                  if m.outcome == "survived"}  # fmt: skip
-        target, source = work / module, (ROOT / module).read_text()
-        current = enumerate_mutants(source, module)
+        old = _ranked([m for m in done if m.module == module])
+        wanted = {key for m, key in old if m.outcome == "survived"}
+        current = enumerate_mutants((ROOT / module).read_text(), module)
         ranked = _ranked([m for m, _ in current])
         again = [(m, t) for (m, t), (_, key) in zip(current, ranked, strict=True) if key in wanted]
         tests = " ".join(TARGETS[module])
         print(f"{module}: {len(again)} survivors again, tests {tests}", flush=True)
-        for mutant, text in again:
-            target.write_text(text)
-            mutant.outcome = _run_tests_forked(work, TARGETS[module], timeout)
-            results.append(mutant)
-            if mutant.outcome == "survived":
-                print(
-                    f"  SURVIVED {module}:{mutant.line}  {mutant.original!r} -> {mutant.mutated!r}"
-                )
-        target.write_text(source)
-        save.write_text(json.dumps([asdict(m) for m in results], indent=1))
+        results += _try_mutants(module, again, work, timeout)
+        _save(results, save)
     return results
 
 
