@@ -92,24 +92,31 @@ def test_split_folders_gives_each_node_its_partition(tmp_path: Path, tiny_clip_d
         dl.LocalDeployment(tmp_path / "d2", 2, tls=False, auth=False).split_folders(src)
 
 
-@pytest.mark.slow
-def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Path) -> None:
-    """Institutions with their own folders: TLS, node auth, an intruder refused, and no node
-    (nor the server) reading any image but its own."""
+def _deployment_run_config(tmp_path: Path, tiny_clip_dir: Path, extra: dict) -> tuple[Path, Path]:
+    """Synthetic images and the tiny run config a loopback deployment runs: (images, toml)."""
     images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=8)
     cfg = tiny_run_config(tmp_path, tiny_clip_dir, images)
     cfg.update(
         {
             # Relative: resolved in each ClientApp's working dir (its SuperNode's node dir).
             "cache.dir": ".cache/features",
-            # Must NOT be used: each SuperNode's node config sets its own private-dir.
-            "client.private-dir": str(tmp_path / "run-config-private"),
             "server.eval-every": 2,  # evaluate once (after round 2): one ClientApp wave fewer
             "server.timeout": 240.0,
+            **extra,
         }
     )
     run_config = tmp_path / "run-config.toml"
     run_config.write_text(to_toml(cfg))
+    return images, run_config
+
+
+@pytest.mark.slow
+def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """Institutions with their own folders: TLS, node auth, an intruder refused, and no node
+    (nor the server) reading any image but its own."""
+    # Must NOT be used: each SuperNode's node config sets its own private-dir.
+    extra = {"client.private-dir": str(tmp_path / "run-config-private")}
+    images, run_config = _deployment_run_config(tmp_path, tiny_clip_dir, extra)
 
     dep = dl.LocalDeployment(tmp_path / "deploy", num_nodes=3, tls=True, auth=True)
     with dep:
@@ -186,20 +193,8 @@ def test_deployment_runs_the_new_baselines(
     """PromptFolio and pFedMoAP through the Deployment Engine (3 SuperNodes, own folders): both
     rounds complete on every node, the reply carries the declared shared set only, and pFedMoAP's
     second message to each node carries its own experts (prompt.experts - 1 prompts more)."""
-    images = write_synthetic_images(tmp_path / "images", TINY_CLASSES, per_class=8)
-    cfg = tiny_run_config(tmp_path, tiny_clip_dir, images)
-    cfg.update(
-        {
-            "method.name": method,
-            "prompt.experts": 2,
-            "prompt.n-ctx": 4,
-            "cache.dir": ".cache/features",
-            "server.eval-every": 2,
-            "server.timeout": 240.0,
-        }
-    )
-    run_config = tmp_path / "run-config.toml"
-    run_config.write_text(to_toml(cfg))
+    extra = {"method.name": method, "prompt.experts": 2, "prompt.n-ctx": 4}
+    _, run_config = _deployment_run_config(tmp_path, tiny_clip_dir, extra)
     dep = dl.LocalDeployment(tmp_path / "deploy", num_nodes=3, tls=False, auth=False)
     with dep:
         dep.prepare()
