@@ -6,11 +6,14 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from task.locks import LockedError
+from task.report.archive import ArchiveError, merged, update_archive
 from task.report.render import render
 from task.report.runs import app_defaults, load_runs
 
 DESCRIPTION = (
-    "Turn ``runs/`` into ``docs/results.md`` and PNG plots (pure: reads run directories only)."
+    "Turn ``runs/`` into ``docs/results.md`` and PNG plots (reads run directories and, with "
+    "--archive, the run records kept with the report)."
 )
 
 
@@ -25,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--plots", default=None, help="directory for the PNGs (default: <out dir>/results)"
+    )
+    parser.add_argument(
+        "--archive",
+        default=None,
+        help="a .jsonl file of run records kept with the report: the complete runs of --runs "
+        "are added to it, and the report covers both (runs whose directories are gone stay in)",
     )
     parser.add_argument(
         "--variant-keys",
@@ -43,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_dir = Path(args.plots) if args.plots else out.parent / "results"
     pre_path = Path(args.preamble) if args.preamble else plot_dir / "preamble.md"
     preamble = pre_path.read_text() if pre_path.is_file() else ""
-    runs = load_runs(args.runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     variants = [k.strip() for k in args.variant_keys.split(",") if k.strip()]
     unknown = sorted(set(variants) - set(app_defaults()))
@@ -52,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--variant-keys: {', '.join(unknown)} not a run-config key of pyproject.toml "
             "(e.g. loss.alpha)"
         )
+    runs = load_runs(args.runs)
+    if args.archive:
+        try:
+            archived, changed = update_archive(args.archive, runs)
+        except (ArchiveError, LockedError) as e:
+            parser.exit(1, f"python -m task.report: {e}\n")
+        runs = merged(archived, runs)
+        print(f"{args.archive}: {len(archived)} runs ({changed} added or replaced)")
     text = render(runs, out, preamble, plot_dir, variant_keys=variants)
     out.write_text(text + "\n")
     print(f"wrote {out} ({sum(r.complete for r in runs)} complete runs of {len(runs)})")

@@ -43,6 +43,7 @@ class Run:
     config: dict[str, Any]
     metrics: list[dict[str, Any]]
     summary: dict[str, Any] | None
+    finished: float | None = None  # when it finished, where no summary.json holds it (archives)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -110,6 +111,9 @@ def missing_keys(run: Run, defaults: Mapping[str, Any]) -> list[str]:
 
 
 def finished_at(run: Run) -> float:
-    """mtime of summary.json (0 when absent): the newer of two reruns wins."""
+    """When the run finished: the archived time, else the mtime of summary.json (0 when
+    absent); the newer of two reruns wins."""
+    if run.finished is not None:
+        return run.finished
     path = run.root / "summary.json"
     return path.stat().st_mtime if path.is_file() else 0.0
