@@ -312,7 +312,12 @@ def check_app(cfg: AppConfig) -> None:
 # -- run names ------------------------------------------------------------------------------
 # Keys declared after runs were named: in the digest only when set away from their default, so
 # that adding them renamed no run (a resume command finds the directory it always found).
-_NAMED_WHEN_SET = ("server.aggregation", "server.trim-fraction", "server.krum-byzantine")
+_NAMED_WHEN_SET = (
+    "server.aggregation",
+    "server.trim-fraction",
+    "server.krum-byzantine",
+    "prompt.gate-lr",
+)
 
 
 def _run_name(cfg: AppConfig, extra_keys: tuple[str, ...]) -> str:

@@ -79,6 +79,11 @@ class PromptConfig:
     gate_dim: int = key(128, "`pfedmoap`: width of the attention gate (features pooled to it)")
     gate_heads: int = key(8, "`pfedmoap`: attention heads of the gate")
     gate_scaling: float = key(10.0, "`pfedmoap`: scale of the gate's attention scores")
+    gate_lr: float = key(
+        0.01,
+        "`pfedmoap`: learning rate of the gate's own SGD (momentum 0.9, weight decay 5e-4, as "
+        "the authors' gate optimiser); the prompt keeps the run's optimiser",
+    )
 
     def validate(self) -> None:
         if self.n_ctx < 1 or self.n_ctx > 32:
@@ -110,6 +115,8 @@ class PromptConfig:
             )
         if not (math.isfinite(self.gate_scaling) and self.gate_scaling > 0):
             raise ConfigError(f"prompt.gate-scaling must be > 0, got {self.gate_scaling}")
+        if not (math.isfinite(self.gate_lr) and 0 < self.gate_lr <= 10):
+            raise ConfigError(f"prompt.gate-lr must be in (0, 10], got {self.gate_lr}")
 
 
 # The methods a run may name, in report order; task.methods registers exactly these (one module

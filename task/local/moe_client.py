@@ -16,7 +16,15 @@ from task.local.evaluate import evaluate, per_class, prompt_features
 from task.local.features import FeatureSet
 from task.local.train import EvalResult, TrainResult, batch_of, make_optimizer
 from task.methods import PRIVATE_KEY, SHARED_KEY
-from task.methods.pfedmoap import EXPERT_KEY, ExpertGate, gate_width, moe_logits, pack, unpack
+from task.methods.pfedmoap import (
+    EXPERT_KEY,
+    ExpertGate,
+    gate_optimizer,
+    gate_width,
+    moe_logits,
+    pack,
+    unpack,
+)
 from task.model.prompts import PromptLearner, load_prompts
 from task.model.zeroshot import zeroshot_features
 from task.seeds import derive_seed
@@ -92,8 +100,9 @@ class MoAPClient(PromptClient):
         if train_cfg.epochs == 0 or len(features) == 0:
             return TrainResult(0.0, 0, 0)
         params = [p for p in learner.parameters() if p.requires_grad]
-        params += list(gate.parameters()) if gate is not None else []
-        optimizer = make_optimizer(params, train_cfg)
+        optimizers = [make_optimizer(params, train_cfg)]
+        if gate is not None:
+            optimizers.append(gate_optimizer(gate, self.cfg.prompt.gate_lr))
         generator = torch.Generator().manual_seed(self._seed(server_round))
         n, total, steps = len(features), 0.0, 0
         for _ in range(train_cfg.epochs):
@@ -107,9 +116,11 @@ class MoAPClient(PromptClient):
                     image_global, own, experts, gate, scale, self.cfg.loss.moe_lambda
                 )
                 loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                for optimizer in optimizers:
+                    optimizer.step()
                 total += float(loss.detach())
                 steps += 1
         mean = total / steps

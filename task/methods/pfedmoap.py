@@ -17,9 +17,11 @@ upload (the shared set), so the server holds every client's latest prompt and ot
 receive it as an expert. Only the gate (and the client's copy of its own prompt, packed with it
 in the private store) never leaves the node.
 
-Where ours differs from the authors' code: one optimiser (the run's) for prompt and gate, where
-theirs gives the gate its own SGD at lr 0.01; the gate's declared dropout is never applied there
-and is not here; evaluation of round r uses the experts sent with the next message (the others'
+Where ours differs from the authors' code: the prompt trains with the run's optimiser (the same
+for every method), theirs with SGD at lr 0.002; the gate has its own SGD as theirs (lr
+``prompt.gate-lr``, 0.01), a fresh one each round (theirs is one optimiser whose momentum
+carries across rounds and clients); the gate's declared dropout is never applied there and is
+not here; evaluation of round r uses the experts sent with the next message (the others'
 round-r prompts), theirs the ones the client trained with.
 """
 
@@ -99,6 +101,19 @@ def moe_logits(
     return lam * local + logit_scale * torch.einsum("bd,bcd->bc", query, mixed)
 
 
+# The authors' gate optimiser (their OPTIMGATING: SGD, constant lr 0.01, Dassl's momentum and
+# weight decay): the run's optimiser (AdamW at 0.01 in recipe=standin) moves the attention
+# weights ~lr per step whatever their gradient, which is not the method's.
+GATE_MOMENTUM, GATE_WEIGHT_DECAY = 0.9, 5e-4
+
+
+def gate_optimizer(gate: ExpertGate, lr: float) -> torch.optim.Optimizer:
+    """The gate's own SGD (``prompt.gate-lr``); a fresh one each round, as the prompt's."""
+    return torch.optim.SGD(
+        gate.parameters(), lr=lr, momentum=GATE_MOMENTUM, weight_decay=GATE_WEIGHT_DECAY
+    )
+
+
 def gate_numel(dim: int) -> int:
     return 4 * (dim * dim + dim)
 
@@ -172,6 +187,7 @@ __all__ = [
     "EXPERT_KEY",
     "PFEDMOAP",
     "ExpertGate",
+    "gate_optimizer",
     "gate_width",
     "moe_logits",
     "nearest_experts",
