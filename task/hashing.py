@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 MEMO_ENV = "FEDRSCLIP_HASH_MEMO"  # file to keep the memo in; "" disables it
+CHUNK_BYTES = 16 << 20  # hash large buffers in pieces of this size
 
 
 def file_sha256(path: Path) -> str:
@@ -37,8 +39,68 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
     t = tensor.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if t.numel():  # hashed in place, chunk by chunk: no copy of a multi-GB tensor
+        raw = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        for start in range(0, len(raw), CHUNK_BYTES):
+            h.update(raw[start : start + CHUNK_BYTES])
     return h.hexdigest()
+
+
+# safetensors' dtype codes, as torch names them (what ``tensor_sha256`` puts in its prefix).
+SAFETENSORS_DTYPES = {
+    "F64": "torch.float64",
+    "F32": "torch.float32",
+    "F16": "torch.float16",
+    "BF16": "torch.bfloat16",
+    "I64": "torch.int64",
+    "I32": "torch.int32",
+    "I16": "torch.int16",
+    "I8": "torch.int8",
+    "U8": "torch.uint8",
+    "BOOL": "torch.bool",
+}
+
+
+def safetensors_sha256(path: Path, names: Iterable[str]) -> dict[str, str]:
+    """``tensor_sha256`` of the named tensors of a safetensors file, read from disk in chunks.
+
+    Equal to hashing the loaded tensors, but the file is streamed through one small buffer:
+    checking a 4 GB feature cache neither loads it nor leaves it resident (a memory-mapped
+    tensor hashed in place would count all its pages). Raises ValueError on a file whose
+    header does not describe its bytes (truncated, not safetensors, an unknown dtype).
+    """
+    import struct
+
+    with Path(path).open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise ValueError("header length past the end of the file")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        out: dict[str, str] = {}
+        for name in names:
+            entry = header.get(name)
+            if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
+                raise ValueError(f"no tensor {name!r} of a known dtype in the header")
+            begin, end = (int(x) for x in entry["data_offsets"])
+            if not 0 <= begin <= end or base + end > size:
+                raise ValueError(f"tensor {name!r} runs past the end of the file")
+            shape = tuple(int(x) for x in entry["shape"])
+            h = hashlib.sha256(f"{SAFETENSORS_DTYPES[entry['dtype']]}|{shape}|".encode())
+            f.seek(base + begin)
+            left = end - begin
+            while left:
+                chunk = f.read(min(CHUNK_BYTES, left))
+                if not chunk:
+                    raise ValueError(f"tensor {name!r} is truncated")
+                h.update(chunk)
+                left -= len(chunk)
+            out[name] = h.hexdigest()
+    return out
 
 
 def _memo_path() -> Path | None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from task.data.partition import stratified_split
 from task.data.records import CorruptImageError, ImageRecord, load_rgb
 from task.durable import atomic_write_text
-from task.hashing import tensor_sha256
+from task.hashing import safetensors_sha256, tensor_sha256
 from task.model.backbone import Backbone
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,14 @@ class FeatureCache:
         if sums.get("ids") != ids_sum or len(ids) != len(tensors["global"]):
             raise CacheCorruptError(f"feature cache {path} fails its checksum (ids). {fix}")
         if not self._verified_before(path, meta, set(tensors)):
-            for name, t in tensors.items():
-                if sums.get(name) != tensor_sha256(t):
+            try:  # streamed from disk: a multi-GB cache is checked without loading it twice
+                found = safetensors_sha256(path, sorted(tensors))
+            except (OSError, ValueError) as err:
+                raise CacheCorruptError(
+                    f"cannot check feature cache {path} ({err}). {fix}"
+                ) from err
+            for name in sorted(tensors):
+                if sums.get(name) != found[name]:
                     raise CacheCorruptError(
                         f"feature cache {path} fails its checksum ({name}). {fix}"
                     )

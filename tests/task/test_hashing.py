@@ -99,3 +99,59 @@ def test_tensor_sha256_ignores_strides_of_size_one_dims() -> None:
     assert odd.is_contiguous() and odd.stride(-1) == 64
     assert tensor_sha256(odd) == tensor_sha256(plain.clone())
     assert tensor_sha256(odd) != tensor_sha256(plain + 1)
+
+
+def _reference_sha256(t: torch.Tensor) -> str:
+    """The checksum as first defined: prefix, then the tensor's bytes in one copy."""
+    t = t.contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+TENSORS = {
+    "f32": torch.randn(7, 5),
+    "f16": torch.randn(3, 11).half(),
+    "bf16": torch.randn(13).bfloat16(),
+    "i64": torch.arange(9),
+    "u8": torch.arange(200, dtype=torch.uint8).reshape(10, 20),
+    "empty": torch.zeros(0, 4),
+    "bool": torch.tensor([True, False, True]),
+}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16 << 20])
+def test_chunked_checksums_equal_the_one_copy_definition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """In memory (in place, chunk by chunk) and from a safetensors file on disk (streamed): the
+    same digest as the one-copy definition, for every dtype and whatever the chunk size."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(hashing, "CHUNK_BYTES", chunk)
+    path = tmp_path / "t.safetensors"
+    save_file(TENSORS, str(path), metadata={"k": "v"})
+    from_disk = hashing.safetensors_sha256(path, list(TENSORS))
+    for name, t in TENSORS.items():
+        assert hashing.tensor_sha256(t) == _reference_sha256(t), name
+        assert from_disk[name] == _reference_sha256(t), name
+
+
+def test_safetensors_sha256_rejects_files_that_do_not_hold_their_tensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "t.safetensors"
+    save_file({"a": torch.randn(64, 64)}, str(path))
+    with pytest.raises(ValueError, match="no tensor 'b'"):
+        hashing.safetensors_sha256(path, ["b"])
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="past the end"):
+        hashing.safetensors_sha256(cut, ["a"])
+    cut.write_bytes(data[:5])
+    with pytest.raises(ValueError, match="shorter"):
+        hashing.safetensors_sha256(cut, ["a"])
+    cut.write_bytes(b"\xff" * 16)
+    with pytest.raises(ValueError, match="header length"):
+        hashing.safetensors_sha256(cut, ["a"])

@@ -113,8 +113,13 @@ def test_a_verified_cache_file_is_not_hashed_again_until_it_changes(
     cache = FeatureCache(tmp_path / "cache")
     first = cache.load_or_extract(tiny_backbone, records, with_patches=True, progress=False)
     hashed = []
-    real = features_mod.tensor_sha256
-    monkeypatch.setattr(features_mod, "tensor_sha256", lambda t: hashed.append(1) or real(t))
+    real = features_mod.safetensors_sha256
+
+    def counting(path, names):
+        hashed.extend(names)
+        return real(path, names)
+
+    monkeypatch.setattr(features_mod, "safetensors_sha256", counting)
     for _ in range(3):  # three more messages, e.g. three fresh processes
         again = FeatureCache(tmp_path / "cache").load_or_extract(
             tiny_backbone, records, with_patches=True, progress=False
