@@ -32,12 +32,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 import torch  # noqa: E402
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
-from flwr.clientapp.typing import ClientAppCallable, Mod  # noqa: E402
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # noqa: E402
+from flwr.clientapp.typing import Mod  # noqa: E402
 
+from client_app.mods import dp_clipping_mod  # noqa: E402
 from protocol.appcode import app_digest, code_location  # noqa: E402
 from protocol.keys import (  # noqa: E402
     APP_DIGEST,
@@ -61,16 +60,6 @@ from task.local.private_store import PrivateStore  # noqa: E402
 from task.locks import locked  # noqa: E402
 
 FAULT_ENV = "FEDRSCLIP_FAULT"  # tests only: see testkit.faults
-
-
-def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's fixedclipping_mod, for train messages that carry a clipping norm (server.dp =
-    "client"); every other message passes through untouched."""
-    if msg.metadata.message_type == MessageType.TRAIN and msg.has_content():
-        configs = msg.content.config_records.values()
-        if any(KEY_CLIPPING_NORM in c for c in configs):
-            return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
 
 
 def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:

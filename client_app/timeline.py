@@ -14,6 +14,26 @@ import time
 
 IMPORT_STARTED = time.time()  # this module is the ClientApp's first import
 imports_done: float | None = None  # set by client_app.app once its imports are done
+# A message run by the warm worker (client_app.worker) reports the marks of the per-message
+# process that forwarded it: the process Flower started is the one whose cost the round paid.
+adopted: dict[str, float] | None = None
+
+
+def own_marks() -> dict[str, float]:
+    """This process's start and import marks (what a forwarded message carries along)."""
+    return {
+        "at-process-start": process_started(),
+        "at-imports-start": IMPORT_STARTED,
+        "at-imports-done": imports_done if imports_done is not None else IMPORT_STARTED,
+    }
+
+
+def adopt(marks: dict[str, float]) -> None:
+    """Report ``marks`` (another process's ``own_marks``) instead of this process's own."""
+    global adopted
+    adopted = {
+        k: float(marks[k]) for k in ("at-process-start", "at-imports-start", "at-imports-done")
+    }
 
 
 def process_started() -> float:
@@ -32,9 +52,7 @@ def process_started() -> float:
 def marks(handler_started: float) -> dict[str, float]:
     """The ``at-*`` metrics of one reply (the reply itself is stamped when they are made)."""
     return {
-        "at-process-start": process_started(),
-        "at-imports-start": IMPORT_STARTED,
-        "at-imports-done": imports_done if imports_done is not None else IMPORT_STARTED,
+        **(adopted if adopted is not None else own_marks()),
         "at-handler-start": handler_started,
         "at-reply": time.time(),
     }

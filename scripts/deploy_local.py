@@ -58,7 +58,13 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deploy_certs import make_certs, make_node_key  # noqa: E402
-from deploy_procs import free_port, group_alive, stop_group, wait_for_port  # noqa: E402, F401
+from deploy_procs import (  # noqa: E402, F401
+    free_port,
+    group_alive,
+    stop_group,
+    stop_warm_worker,
+    wait_for_port,
+)
 from deploy_split import split_folders  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +110,7 @@ class LocalDeployment:
     node_extra: dict[str, str] = field(default_factory=dict)  # more node-config keys for all
     data_roots: dict[int, Path] = field(default_factory=dict)  # node index -> data-root
     env_extra: dict[str, str] = field(default_factory=dict)
+    warm_worker: str = "auto"  # client.warm-worker of every node (client_app.entry)
     superlink_port: int = 0
     nodes: list[Node] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -163,6 +170,8 @@ class LocalDeployment:
         """Stop every process this deployment started (SuperNodes first), by process group."""
         for proc in reversed(self.procs):
             stop_group(proc)
+        for node in self.nodes:
+            stop_warm_worker(node.private_dir)
 
     def prepare(self) -> None:
         """Certificates, node keys, directories and the flwr connection (config.toml)."""
@@ -247,6 +256,7 @@ class LocalDeployment:
             "num-partitions": str(self.num_nodes),
             "private-dir": json.dumps(str(node.private_dir)),
             "cache-dir": json.dumps(str(node.cache_dir)),
+            "warm-worker": json.dumps(self.warm_worker),
         }
         if node.index in self.data_roots:
             cfg["data-root"] = json.dumps(str(self.data_roots[node.index]))
@@ -304,7 +314,11 @@ class LocalDeployment:
 # -- CLI --------------------------------------------------------------------------------------
 def _cmd_up(ns: argparse.Namespace) -> int:
     dep = LocalDeployment(
-        Path(ns.workdir).resolve(), ns.nodes, tls=not ns.insecure, auth=not ns.no_auth
+        Path(ns.workdir).resolve(),
+        ns.nodes,
+        tls=not ns.insecure,
+        auth=not ns.no_auth,
+        warm_worker=ns.warm_worker,
     )
     if ns.split_folders and not ns.run_config:
         print("--split-folders needs --run-config (its data.* keys say what to split)")
@@ -359,6 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--insecure", action="store_true", help="no TLS (not for real use)")
     up.add_argument("--no-auth", action="store_true", help="no SuperNode authentication")
     up.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
+    up.add_argument(
+        "--warm-worker",
+        choices=("auto", "external", "off"),
+        default="auto",
+        help="each node's client.warm-worker (auto: a warm worker per node, started on the "
+        "first message; off: every message in its own ClientApp process)",
+    )
     up.add_argument(
         "--split-folders",
         action="store_true",

@@ -67,3 +67,25 @@ def group_alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 return True
     return False
+
+
+def stop_warm_worker(private_dir: Path, grace: float = 5.0) -> bool:
+    """Stop the warm worker a node's ClientApp started (client_app.worker; it runs in its own
+    session, so stopping the SuperNode's group leaves it): SIGTERM the pid it wrote, if that
+    process is still a worker, then SIGKILL after ``grace``. True when one was stopped."""
+    pid_file = Path(private_dir) / ".warm-worker" / "worker.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    if b"client_app.worker" not in cmdline:
+        return False  # a stale pid file: the number now belongs to another process
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True

@@ -49,7 +49,8 @@ def read_env(path: Path = DOCKER / ".env") -> dict[str, str]:
 def node_config(i: int, n: int) -> str:
     return (
         f'partition-id={i} num-partitions={n} data-root="{NODE_IMAGES}" '
-        f'private-dir="{NODE_ROOT}/private" cache-dir="{NODE_ROOT}/.cache/features"'
+        f'private-dir="{NODE_ROOT}/private" cache-dir="{NODE_ROOT}/.cache/features" '
+        'warm-worker="auto"'  # one warm worker per node container (docs/deploy.md section 5)
     )
 
 

@@ -27,7 +27,8 @@
 #   bash scripts/grid_standin.sh central         # centralised rows (one client, all data)
 #   bash scripts/grid_standin.sh fullft          # fedavg-full at 10 clients (communication base)
 #   bash scripts/grid_standin.sh cross           # UC Merced + AID clients (report the UCM ones)
-#   bash scripts/grid_standin.sh report          # docs/results.md and docs/results/tuning.md
+#   bash scripts/grid_standin.sh report          # docs/results.md and docs/results/tuning-runs.md
+#                                                #   (from the archived run records + $RUNS)
 #
 # GRID_OVERRIDES: extra Hydra overrides (e.g. shared absolute cache dirs when run from another
 # worktree); RUNS / TUNING_RUNS: where the run directories go.
@@ -59,10 +60,17 @@ test_grid() {  # a test sweep: test_grid <overrides...>
 TUNED_KEYS=prompt.personal-head,loss.alpha,loss.beta,loss.gamma,loss.head,prompt.mix-theta
 TUNED_KEYS=$TUNED_KEYS,train.lr,train.epochs,loss.prox-mu,prompt.rank,loss.pgp-weight
 TUNED_KEYS=$TUNED_KEYS,loss.ot-marginal-reg,prompt.skew-low,prompt.skew-high,loss.moe-lambda
+# Every complete run's record is kept beside the report (task.report.archive), so the report
+# survives the run directories (a new machine has none): the archives are committed.
+ARCHIVE=docs/results/runs-standin.jsonl
+TUNING_ARCHIVE=docs/results/runs-standin-tuning.jsonl
 report() {
-  python -m task.report --runs "$RUNS" --out docs/results.md --plots docs/results
-  python -m task.report --runs "$TUNING_RUNS" --out docs/results/tuning.md \
-    --plots docs/results/tuning --variant-keys "$TUNED_KEYS"
+  python -m task.report --runs "$RUNS" --archive "$ARCHIVE" --out docs/results.md \
+    --plots docs/results
+  # The tuning runs archived since 2026-12-04; docs/results/tuning*.md before it are frozen
+  # pages of runs whose directories are gone.
+  python -m task.report --runs "$TUNING_RUNS" --archive "$TUNING_ARCHIVE" \
+    --out docs/results/tuning-runs.md --plots docs/results/tuning-runs --variant-keys "$TUNED_KEYS"
 }
 
 case "${1:-}" in

@@ -24,6 +24,7 @@ EVAL_MODES = ("fused", "separate")
 DP_MODES = ("off", "server", "client")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum")  # server_app.aggregate
 ON_CORRUPT_MODES = ("error", "quarantine")
+WARM_WORKER_MODES = ("off", "auto", "external")
 # Run names and experiment ids (they name directories on the server and on every node).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 # Where and how to report: neither names a run nor defines a setup.
@@ -261,9 +262,24 @@ class ClientSection:
         **_AUX,
     )
 
+    warm_worker: str = key(
+        "off",
+        "deployment: `auto` runs each message in a node-local warm worker (started on first "
+        "use; docs/deploy.md), `external` only in one the operator started, `off` in the "
+        "ClientApp process itself; results are identical (node config `warm-worker` overrides)",
+        resumable=True,
+        node="warm-worker",
+        **_AUX,
+    )
+
     def validate(self) -> None:
         if not self.private_dir:
             raise ConfigError("client.private-dir is empty")
+        if self.warm_worker not in WARM_WORKER_MODES:
+            raise ConfigError(
+                f"client.warm-worker must be one of {list(WARM_WORKER_MODES)}, "
+                f"got {self.warm_worker!r}"
+            )
         if self.on_corrupt not in ON_CORRUPT_MODES:
             raise ConfigError(
                 f"client.on-corrupt must be one of {list(ON_CORRUPT_MODES)}, "

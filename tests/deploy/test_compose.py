@@ -165,6 +165,7 @@ def _check_topology(cfg: dict[str, Any], n: int, tls: bool, auth: bool, gpu: boo
         assert pairs["private-dir"].strip('"') == "/data/node/private"
         assert pairs["cache-dir"].strip('"') == "/data/node/.cache/features"
         assert pairs["data-root"].strip('"') == "/data/images"
+        assert pairs["warm-worker"].strip('"') == "auto"
         assert ("--root-certificates" in node) is tls and ("--insecure" in node) is not tls
         key = _flag(node, "--auth-supernode-private-key")
         assert (key == f"/app/keys/node-{i}") if auth else key is None

@@ -268,8 +268,11 @@ def test_compose_demo_end_to_end(tmp_path: Path) -> None:
         # Its private prompt versions, the personalised head's θ per evaluation, and the lock
         # that keeps a second process out of the client's folder.
         mine = (f"{exp}/client-{i}/private-r", f"{exp}/client-{i}/mix-r", f"{exp}/client-{i}.lock")
-        assert files and all(p.startswith(mine) for p in files), files
+        # Beside them, the node's warm worker (client.warm-worker=auto) and its log.
+        worker = ".warm-worker/"
+        assert files and all(p.startswith((*mine, worker)) for p in files), files
         assert any(p.startswith(mine[0]) for p in files)
+        assert f"{worker}worker.log" in files, f"node {i} started no warm worker: {files}"
     holders = {
         v for v, fs in facts["volumes"].items() for p in fs if "private-r" in p or "mix-r" in p
     }

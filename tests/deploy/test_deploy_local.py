@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tomllib
 from pathlib import Path
 
@@ -182,7 +183,26 @@ def test_deployment_tls_auth_three_supernodes(tmp_path: Path, tiny_clip_dir: Pat
                 ids |= set(json.loads(f.metadata()["ids"]))
         own = {f"imagefolder/{p.relative_to(node.images)}" for p in node.images.rglob("*.png")}
         assert ids == own, f"node {i} encoded {sorted(ids - own)} outside its folder"
+        # The node's warm worker (client.warm-worker=auto: started by the first message) ran
+        # the later ones, in a private directory, and is gone with the deployment.
+        worker = node.private_dir / ".warm-worker"
+        assert stat.S_IMODE(worker.stat().st_mode) == 0o700
+        assert (worker / "worker.log").read_text().count(" done") >= 1, "no warm message"
+        assert not _workers_running(worker), f"node {i}'s warm worker outlived the deployment"
     assert os.environ.get("FLWR_HOME") != str(dep.flwr_home)
+
+
+def _workers_running(directory: Path) -> list[int]:
+    """Processes whose command line is a warm worker serving ``directory``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"client_app.worker" in cmd and os.fsencode(directory) in cmd:
+            found.append(int(proc.name))
+    return found
 
 
 @pytest.mark.slow

@@ -57,7 +57,8 @@ def test_every_key_has_help_and_roles_are_consistent():
         "data.root", "data.cache-dir", "cache.dir", "run.dir", "client.private-dir"
     }  # fmt: skip
     assert NODE_OVERRIDES == {
-        "private-dir": "client.private-dir", "cache-dir": "cache.dir", "data-root": "data.root"
+        "private-dir": "client.private-dir", "cache-dir": "cache.dir", "data-root": "data.root",
+        "warm-worker": "client.warm-worker",
     }  # fmt: skip
     assert {"method.name", "train.seed", "data.num-clients"} <= NON_SETUP_KEYS
     assert "loss.alpha" not in NON_SETUP_KEYS
