@@ -36,7 +36,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.typing import Mod  # noqa: E402
 
-from client_app.mods import dp_clipping_mod  # noqa: E402
+from client_app.mods import assemble, env_mods  # noqa: E402
 from protocol.appcode import app_digest, code_location  # noqa: E402
 from protocol.keys import (  # noqa: E402
     APP_DIGEST,
@@ -58,8 +58,6 @@ from task.local.client import ClientEval, FederatedClient  # noqa: E402
 from task.local.kinds import make_client  # noqa: E402
 from task.local.private_store import PrivateStore  # noqa: E402
 from task.locks import locked  # noqa: E402
-
-FAULT_ENV = "FEDRSCLIP_FAULT"  # tests only: see testkit.faults
 
 
 def _client(msg: Message, context: Context) -> tuple[FederatedClient, int]:
@@ -240,20 +238,8 @@ def query(msg: Message, context: Context) -> Message:
 
 def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     """The ClientApp with this module's handlers (``extra_mods``: e.g. testkit.faults)."""
-    client_app = ClientApp(mods=[dp_clipping_mod, *extra_mods])
-    client_app.train()(train)
-    client_app.evaluate()(evaluate)
-    client_app.query()(query)
-    return client_app
+    return assemble(train, evaluate, query, extra_mods)
 
 
-def _mods() -> list[Mod]:
-    if not os.environ.get(FAULT_ENV):
-        return []
-    from testkit.faults import fault_mod  # tests only: the fault injection lives there
-
-    return [fault_mod]
-
-
-app = build_app(_mods())
+app = build_app(env_mods())
 timeline.imports_done = time.time()

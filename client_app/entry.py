@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flwr.app import Context, Message  # noqa: E402
@@ -28,10 +28,9 @@ from client_app import (
     timeline,  # before the rest: marks when importing began
     warm,  # noqa: E402
 )
-from client_app.mods import dp_clipping_mod  # noqa: E402
+from client_app.mods import FAULT_ENV, assemble, env_mods  # noqa: E402
 from task.config import apply_node_config, parse_app_config  # noqa: E402
 
-FAULT_ENV = "FEDRSCLIP_FAULT"  # tests only: see testkit.faults
 log = logging.getLogger(__name__)
 
 
@@ -88,22 +87,10 @@ def query(msg: Message, context: Context) -> Message:
     return _run("query", msg, context)
 
 
-def build_app(extra_mods: list[Mod] | None = None) -> ClientApp:
+def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     """The per-message ClientApp (``extra_mods``: e.g. testkit.faults)."""
-    client_app = ClientApp(mods=[dp_clipping_mod, *(extra_mods or [])])
-    client_app.train()(train)
-    client_app.evaluate()(evaluate)
-    client_app.query()(query)
-    return client_app
+    return assemble(train, evaluate, query, extra_mods)
 
 
-def _mods() -> list[Mod]:
-    if not os.environ.get(FAULT_ENV):
-        return []
-    from testkit.faults import fault_mod  # tests only: the fault injection lives there
-
-    return [fault_mod]
-
-
-app = build_app(_mods())
+app = build_app(env_mods())
 timeline.imports_done = time.time()

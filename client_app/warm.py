@@ -19,7 +19,6 @@ reply message. The worker may answer ``stale`` (it runs other code: it then exit
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -28,10 +27,13 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
+
+from protocol.appcode import packages_digest
 
 WORKER_DIR = ".warm-worker"  # under the node's private-dir
 SOCKET_NAME = "worker.sock"
@@ -174,18 +176,11 @@ def code_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+@lru_cache(maxsize=1)
 def code_digest() -> str:
-    """sha256 of the .py files the handlers run (client_app, task, protocol): a worker that
+    """The digest of the .py files the handlers run (client_app, task, protocol): a worker that
     runs other code than the ClientApp that reaches it must not serve it."""
-    root = code_root()
-    digest = hashlib.sha256()
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return packages_digest(PACKAGES)
 
 
 def peer_uid(sock: socket.socket) -> int:

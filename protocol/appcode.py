@@ -16,18 +16,23 @@ from pathlib import Path
 PACKAGES = ("task", "protocol")
 
 
-@lru_cache(maxsize=1)
-def app_digest() -> str:
+def packages_digest(packages: tuple[str, ...]) -> str:
     """sha256 over the relative paths and bytes of the packages' .py files (16 hex digits)."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for package in PACKAGES:
+    for package in packages:
         for path in sorted((root / package).rglob("*.py")):
             if "__pycache__" in path.parts:
                 continue
             digest.update(path.relative_to(root).as_posix().encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def app_digest() -> str:
+    """The digest of the code both apps run (``PACKAGES``)."""
+    return packages_digest(PACKAGES)
 
 
 def code_location() -> str:

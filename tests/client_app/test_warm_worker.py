@@ -26,20 +26,7 @@ TIMING = ("time", "seconds", "at-", "at_", "wall", "_s")
 
 
 def _start_worker(directory: Path, idle_exit: float = 300) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client_app.worker",
-            "serve",
-            "--dir",
-            str(directory),
-            "--idle-exit",
-            str(idle_exit),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    proc = warm.spawn(directory, idle_exit)  # as the ClientApp starts one (log: worker.log)
     deadline = time.monotonic() + 120
     while warm.request(directory, "ping") is None:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -94,24 +81,12 @@ def test_the_worker_gives_the_in_process_results_bit_for_bit(tmp_path, tiny_clip
         tmp_path / "warm", tiny_clip_dir, **common, **{"client.warm-worker": "external"}
     )
     directory = warm.prepare_dir(warm.worker_dir(warm_cfg["client.private-dir"]))
-    log = (directory / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client_app.worker", "serve", "--dir", str(directory)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_worker(directory)
     try:
-        deadline = time.monotonic() + 120
-        while warm.request(directory, "ping") is None:
-            assert proc.poll() is None and time.monotonic() < deadline, "worker did not start"
-            time.sleep(0.2)
         expected = _federate(base, build_in_process_app())
         got = _federate(warm_cfg, entry.build_app())
     finally:
         _stop(directory, proc)
-        log.close()
     assert len(got) == len(expected) == 2
     for a, b in zip(got, expected, strict=True):
         a, b = _results(a), _results(b)
