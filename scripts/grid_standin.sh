@@ -27,8 +27,12 @@
 #   bash scripts/grid_standin.sh central         # centralised rows (one client, all data)
 #   bash scripts/grid_standin.sh fullft          # fedavg-full at 10 clients (communication base)
 #   bash scripts/grid_standin.sh cross           # UC Merced + AID clients (report the UCM ones)
+#   ROUNDS=20 bash scripts/grid_standin.sh extend federation=... split=... method=...
+#                                                # resume those test runs to 20 rounds (the rows
+#                                                #   the report lists as still rising)
 #   bash scripts/grid_standin.sh report          # docs/results.md and docs/results/tuning-runs.md
-#                                                #   (from the archived run records + $RUNS)
+#                                                #   (from the archived run records + $RUNS), and
+#                                                #   docs/results/rounds20.md once runs reached 20
 #
 # GRID_OVERRIDES: extra Hydra overrides (e.g. shared absolute cache dirs when run from another
 # worktree); RUNS / TUNING_RUNS: where the run directories go.
@@ -64,9 +68,21 @@ TUNED_KEYS=$TUNED_KEYS,loss.ot-marginal-reg,prompt.skew-low,prompt.skew-high,los
 # survives the run directories (a new machine has none): the archives are committed.
 ARCHIVE=docs/results/runs-standin.jsonl
 TUNING_ARCHIVE=docs/results/runs-standin-tuning.jsonl
+# The tables are at one budget, BASE_ROUNDS (--at-round): a run extended to 20 rounds counts in
+# them with its first 10 (what it was before), and on a page of its own at 20.
+BASE_ROUNDS=10
 report() {
   python -m task.report --runs "$RUNS" --archive "$ARCHIVE" --out docs/results.md \
-    --plots docs/results
+    --plots docs/results --at-round "$BASE_ROUNDS"
+  if python - "$ARCHIVE" <<'PY'
+import sys
+from task.report.archive import read_archive
+sys.exit(0 if any(r.num_rounds >= 20 for r in read_archive(sys.argv[1])) else 1)
+PY
+  then
+    python -m task.report --runs "$RUNS" --archive "$ARCHIVE" --out docs/results/rounds20.md \
+      --plots docs/results/rounds20 --at-round 20
+  fi
   # The tuning runs archived since 2026-12-04; docs/results/tuning*.md before it are frozen
   # pages of runs whose directories are gone.
   python -m task.report --runs "$TUNING_RUNS" --archive "$TUNING_ARCHIVE" \
@@ -193,11 +209,19 @@ cross)
     test_grid "seed=$seed" federation=cross_ucm_aid split=even "method=$MAIN"
   done
   ;;
+extend)
+  # Stage 4: the same test runs resumed to $ROUNDS rounds (they keep their names: the number of
+  # rounds names no run), for the cells the report lists under "Curves still rising".
+  [ "$ROUNDS" -gt "$BASE_ROUNDS" ] || { echo "extend: set ROUNDS above $BASE_ROUNDS" >&2; exit 2; }
+  [ $# -gt 1 ] || { echo "extend: name the cells (federation=... split=... method=...)" >&2; exit 2; }
+  shift
+  test_grid "seed=${SEEDS:-0,1,2}" "$@"
+  ;;
 report)
   report
   ;;
 *)
-  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-new-baselines|tune-head-seeds|test|partitions|test2040|central|fullft|cross|report" >&2
+  echo "usage: $0 tune-recipe|tune-seeds|tune-fedrsclip|tune-baselines|tune-skew|tune-head|tune-head-entropy|tune-new-baselines|tune-head-seeds|test|partitions|test2040|central|fullft|cross|extend|report" >&2
   exit 2
   ;;
 esac

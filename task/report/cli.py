@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated config keys that, off their default, make a method row of their "
         "own in the same setup instead of a new setup (e.g. loss.alpha)",
     )
+    parser.add_argument(
+        "--at-round",
+        type=int,
+        default=None,
+        help="every run as it stood after this round: runs extended past it count with their "
+        "first N rounds, complete runs that ended before it are left out (e.g. 10 for the "
+        "10-round tables once some runs went on to 20)",
+    )
     return parser
 
 
@@ -60,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--variant-keys: {', '.join(unknown)} not a run-config key of pyproject.toml "
             "(e.g. loss.alpha)"
         )
+    if args.at_round is not None and args.at_round < 1:
+        parser.error(f"--at-round must be >= 1, got {args.at_round}")
     runs = load_runs(args.runs)
     if args.archive:
         try:
@@ -68,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(1, f"python -m task.report: {e}\n")
         runs = merged(archived, runs)
         print(f"{args.archive}: {len(archived)} runs ({changed} added or replaced)")
-    text = render(runs, out, preamble, plot_dir, variant_keys=variants)
+    text = render(runs, out, preamble, plot_dir, variant_keys=variants, at_round=args.at_round)
     out.write_text(text + "\n")
     print(f"wrote {out} ({sum(r.complete for r in runs)} complete runs of {len(runs)})")
     return 0

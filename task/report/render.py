@@ -11,7 +11,9 @@ from task.report.grouping import BASELINES, Group, Grouped, group_runs, method_r
 from task.report.labels import data_identity
 from task.report.paired import paired_section
 from task.report.plots import plot_federation, plot_scaling, slug
+from task.report.rising import RISING_POINTS, RISING_WINDOW, rising_rows
 from task.report.runs import Run, app_defaults, missing_keys
+from task.report.runs import at_round as cut_at
 from task.report.stats import fmt_acc, num_test, run_stats
 from task.report.tables import (
     FEDERATION_HEADER,
@@ -53,6 +55,17 @@ CROSS_NOTE = (
     "Final accuracy (%) of each member dataset's clients, pooled over their "
     "test images; clients are numbered in `data.cross` order."
 )
+RISING_NOTE = (
+    "Rows whose personalised accuracy (mean over seeds) gained at least {points} points over "
+    "the last {window} rounds: a longer run may still change them. Extend the same runs (they "
+    "resume; `server.num-rounds` may be raised): `ROUNDS=20 bash scripts/grid_standin.sh "
+    "extend <federation=... split=... method=...>`."
+)
+AT_ROUND_NOTE = (
+    "**Every run at round {rounds}** (`--at-round {rounds}`): a run extended past round "
+    "{rounds} counts with its first {rounds} rounds, which equal a run that stopped there "
+    "(resume is exact); {dropped} complete run(s) that ended before round {rounds} are left out."
+)
 OT_NOTE = (
     "Round wall time covers local training and evaluation of every client "
     "(simulation, 2 Ray actors on this machine); *client train s/round* is the "
@@ -67,7 +80,9 @@ def image_link(path: Path, out: Path) -> str:
     return f"![{path.stem}]({rel.as_posix()})"
 
 
-def _header(runs: Sequence[Run], preamble: str) -> list[str]:
+def _header(
+    runs: Sequence[Run], preamble: str, at_round: int | None = None, dropped: int = 0
+) -> list[str]:
     lines = [
         "# Results",
         "",
@@ -78,6 +93,8 @@ def _header(runs: Sequence[Run], preamble: str) -> list[str]:
         lines += [preamble.strip(), ""]
     done = sum(r.complete for r in runs)
     lines += [INTRO.format(done=done, total=len(runs)), ""]
+    if at_round is not None:
+        lines += [AT_ROUND_NOTE.format(rounds=at_round, dropped=dropped), ""]
     if runs and all(r.config.get("data.holdout") == "val" for r in runs):
         lines += [VALIDATION_NOTE, ""]
     return lines
@@ -203,6 +220,12 @@ def _setup_section(
         lines += table(["method", *fed_names], accuracy_rows(feds, fed_names, attr)) + [""]
     lines += _margins(feds, fed_names)
     lines += paired_section(feds)
+    rising = rising_rows(feds)
+    if rising:
+        lines += ["### Curves still rising at the last round", ""]
+        lines += [RISING_NOTE.format(points=RISING_POINTS, window=RISING_WINDOW), ""]
+        header = ["federation", "method", "seeds", "gain (points)", "per seed"]
+        lines += table(header, rising) + [""]
     scaling = plot_scaling(feds, plot_dir, slug(f"setup{s_index}"))
     if scaling:
         lines += [image_link(scaling, out), ""]
@@ -272,12 +295,21 @@ def render(
     plot_dir: Path | None = None,
     defaults: Mapping[str, Any] | None = None,
     variant_keys: Sequence[str] = (),
+    at_round: int | None = None,
 ) -> str:
-    """The markdown report; writes the PNGs under ``plot_dir`` (default ``<out dir>/results``)."""
+    """The markdown report; writes the PNGs under ``plot_dir`` (default ``<out dir>/results``).
+    With ``at_round``, every run as it stood after that round (:func:`runs.at_round`); the
+    complete runs that never got there are left out."""
     defaults = app_defaults() if defaults is None else defaults
     plot_dir = plot_dir or out.parent / "results"
+    dropped = 0
+    if at_round is not None:
+        seen = [(r, cut_at(r, at_round)) for r in runs]
+        dropped = sum(r.complete and cut is None for r, cut in seen)
+        kept = [r if cut is None else cut for r, cut in seen if cut is not None or not r.complete]
+        runs = kept  # runs still short of the round stay listed as incomplete
     grouped = group_runs(runs, defaults, variant_keys)
-    lines = _header(runs, preamble)
+    lines = _header(runs, preamble, at_round, dropped)
     ordered = sorted(
         grouped.items(),
         key=lambda kv: (-sum(len(g.runs) for f in kv[1].values() for g in f.values()), kv[0]),

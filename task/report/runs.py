@@ -117,3 +117,24 @@ def finished_at(run: Run) -> float:
         return run.finished
     path = run.root / "summary.json"
     return path.stat().st_mtime if path.is_file() else 0.0
+
+
+def at_round(run: Run, rounds: int) -> Run | None:
+    """The run as it stood after ``rounds`` rounds (a complete run of that many), or None
+    when it never got there. A run still going (extended, interrupted) counts once it is past.
+
+    A run extended past its first budget (``server.num-rounds`` raised on resume) equals, up to
+    that round, a run that stopped there (resume is exact: tests/server_app/test_resume.py), so
+    its first ``rounds`` metrics rows, summarised as the server summarises a run, are that
+    run's record. A table of 10-round runs then stays one budget after some of its runs go on
+    to 20 (``server.num-rounds`` defines no setup, so they would share rows)."""
+    from task.runs.run_dir import summarise  # the server's own summary of a run's rows
+
+    if run.complete and run.num_rounds == rounds:
+        return run
+    rows = [m for m in run.metrics if int(m.get("round", 0)) <= rounds]
+    if [int(m.get("round", 0)) for m in rows] != list(range(1, rounds + 1)):
+        return None  # never got there (or a round is missing)
+    keep = {k: v for k, v in (run.summary or {}).items() if k in ("run", "experiment")}
+    config = {**run.config, "server.num-rounds": rounds}
+    return Run(run.name, run.root, config, rows, summarise(rows, keep), finished_at(run))

@@ -11,11 +11,20 @@ from safetensors.torch import load_file
 
 from client_app.app import app as client_app
 from server_app.loop import run_server
+from task.report.runs import at_round, load_runs
 from task.runs.run_dir import RunDirError
 from testkit.grid import InProcessGrid, task_identity
 from testkit.images import TINY_CLASSES, write_synthetic_images
 from testkit.run_config import tiny_run_config
 
+SUMMARY_COMPARED = (
+    "final_round",
+    "final_personalised_accuracy",
+    "final_global_accuracy",
+    "best_personalised_accuracy",
+    "zeroshot_accuracy",
+    "final_train_loss",
+)
 COMPARED = ("round", "train_loss", "personalised_accuracy", "global_accuracy", "personalised_loss")
 
 
@@ -47,6 +56,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path: Path, tiny_
     # round 3's clients trained (their round-3 private prompts are already on disk), then resumed.
     cfg = {**base, "run.name": "resumed"}
     _run({**cfg, "server.num-rounds": 2})
+    two_rounds = json.loads((tmp_path / "runs" / "resumed" / "summary.json").read_text())
     with pytest.raises(KeyboardInterrupt):
         _run(cfg, fail_after=2)
     run_dir = tmp_path / "runs" / "resumed"
@@ -70,6 +80,12 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path: Path, tiny_
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_round"] == 3
+    # The report's view of the 3-round run at round 2 is the 2-round run's record.
+    (straight,) = [r for r in load_runs(tmp_path / "runs") if r.name == "straight"]
+    cut = at_round(straight, 2)
+    assert cut is not None and cut.summary is not None
+    for key in SUMMARY_COMPARED:
+        assert cut.summary[key] == two_rounds[key], key
 
     # A finished run restarted does no new round; a changed experiment refuses to resume.
     grid = _run(cfg)
