@@ -71,7 +71,7 @@ def serve(directory: Path, idle_exit_s: float) -> int:
                 _log(f"no message for {idle_exit_s:g} s: exiting")
                 return 0
             with conn:
-                if not _handle(conn, server, handlers, digest):
+                if not _handle(conn, server, handlers, digest, lock.fileno()):
                     return 0
     finally:
         server.close()
@@ -80,8 +80,12 @@ def serve(directory: Path, idle_exit_s: float) -> int:
             (directory / "worker.pid").unlink(missing_ok=True)
 
 
-def _handle(conn: socket.socket, server: socket.socket, handlers: object, digest: str) -> bool:
-    """Serve one connection; False when the worker should exit."""
+def _handle(
+    conn: socket.socket, server: socket.socket, handlers: object, digest: str, lock_fd: int
+) -> bool:
+    """Serve one connection; False when the worker should exit. The child forked for a message
+    closes its copies of the listening socket and of the lock, so a worker that exits while a
+    child still runs leaves the directory free for the next one at once."""
     try:
         if warm.peer_uid(conn) != os.getuid():
             _log("refused a connection from another user")
@@ -112,6 +116,7 @@ def _handle(conn: socket.socket, server: socket.socket, handlers: object, digest
         code = 1
         try:
             server.close()
+            os.close(lock_fd)  # the flock stays the parent's (it holds its own descriptor)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             conn.settimeout(None)

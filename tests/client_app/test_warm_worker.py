@@ -3,6 +3,7 @@ the fallbacks (no worker, a dead one, other code), and a private socket."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -220,3 +221,58 @@ def test_a_directory_longer_than_a_socket_path_still_works(tmp_path):
     finally:
         _stop(directory, proc)
     assert proc.returncode == 0 and not (directory / warm.SOCKET_NAME).exists()
+
+
+def test_a_message_child_holds_neither_the_lock_nor_the_socket(tmp_path):
+    """The child forked for a message closes its copies of the worker's lock and listening
+    socket: a worker that exits mid-message frees its directory for the next one at once."""
+    import fcntl
+    import signal
+    from types import SimpleNamespace
+
+    from flwr.app import Context, Message, RecordDict
+
+    from client_app import worker
+
+    lock_path = tmp_path / "lock"
+    lock = lock_path.open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "w.sock"))
+    listening_inode = os.fstat(listening.fileno()).st_ino
+    seen = tmp_path / "child-fds.txt"
+
+    def query(msg, ctx):
+        fds = Path("/proc/self/fd")
+        links = []
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # the directory's own descriptor is gone
+                links.append(os.readlink(fd))
+        seen.write_text("\n".join(links))
+        return Message(RecordDict(), reply_to=msg)
+
+    with task_identity():
+        msg = Message(RecordDict(), dst_node_id=1, message_type="query")
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    marks = {"at-process-start": 0.0, "at-imports-start": 0.0, "at-imports-done": 0.0}
+    ours, theirs = socket.socketpair()
+    warm.send_json(ours, {"op": "run", "handler": "query", "digest": "d", "marks": marks})
+    warm.send_frame(ours, warm.message_bytes(msg))
+    warm.send_frame(ours, warm.context_bytes(ctx))
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the child is reaped by the kernel
+    try:
+        assert worker._handle(theirs, listening, SimpleNamespace(query=query), "d", lock.fileno())
+        theirs.close()
+        assert warm.recv_json(ours) == {"ok": True}
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+        ours.close()
+        listening.close()
+    links = seen.read_text().splitlines()
+    assert any(link.startswith("socket:") for link in links)  # its own connection is there
+    assert str(lock_path) not in links
+    assert f"socket:[{listening_inode}]" not in links
+    # the parent still holds the lock: a second worker would be refused
+    with open(lock_path, "a") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.close()
