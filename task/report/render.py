@@ -64,7 +64,8 @@ RISING_NOTE = (
 AT_ROUND_NOTE = (
     "**Every run at round {rounds}** (`--at-round {rounds}`): a run extended past round "
     "{rounds} counts with its first {rounds} rounds, which equal a run that stopped there "
-    "(resume is exact); {dropped} complete run(s) that ended before round {rounds} are left out."
+    "(resume is exact); a method that trains nothing (zero-shot) counts as it ran; {dropped} "
+    "complete run(s) that ended before round {rounds} are left out."
 )
 OT_NOTE = (
     "Round wall time covers local training and evaluation of every client "

@@ -119,6 +119,12 @@ def finished_at(run: Run) -> float:
     return path.stat().st_mtime if path.is_file() else 0.0
 
 
+def _trains(method: str) -> bool:
+    from task.methods import METHODS
+
+    return method not in METHODS or METHODS[method].trains
+
+
 def at_round(run: Run, rounds: int) -> Run | None:
     """The run as it stood after ``rounds`` rounds (a complete run of that many), or None
     when it never got there. A run still going (extended, interrupted) counts once it is past.
@@ -130,8 +136,8 @@ def at_round(run: Run, rounds: int) -> Run | None:
     to 20 (``server.num-rounds`` defines no setup, so they would share rows)."""
     from task.runs.run_dir import summarise  # the server's own summary of a run's rows
 
-    if run.complete and run.num_rounds == rounds:
-        return run
+    if run.complete and (run.num_rounds == rounds or not _trains(run.method)):
+        return run  # a method that trains nothing (zero-shot) is the same at every round
     rows = [m for m in run.metrics if int(m.get("round", 0)) <= rounds]
     if [int(m.get("round", 0)) for m in rows] != list(range(1, rounds + 1)):
         return None  # never got there (or a round is missing)

@@ -46,11 +46,13 @@ def test_report_at_round_keeps_one_budget_per_table(tmp_path: Path) -> None:
     for seed, last in enumerate([0.70, 0.74]):
         make_run(runs, "fedrsclip", seed, [*ACCS[:4], last])  # extended to 5 rounds
         make_run(runs, "promptfl", seed, [0.40, 0.55, 0.58])  # stopped at 3
+    make_run(runs, "zeroshot", 0, [0.30])  # trains nothing: one round is every round
     out = tmp_path / "results.md"
 
     assert main(["--runs", str(runs), "--out", str(out), "--at-round", "3"]) == 0
     text = out.read_text()
     assert "**Every run at round 3**" in text and "0 complete run(s)" in text
+    assert "| `zeroshot` | 30.00 (n=1) |" in text
     assert "| `fedrsclip` | 60.00 ± 0.00 |" in text  # round 3 of both seeds, not 70/74
     assert "| `fedrsclip` | 0, 1 | 3 |" in text
 
@@ -58,6 +60,7 @@ def test_report_at_round_keeps_one_budget_per_table(tmp_path: Path) -> None:
     text = out.read_text()
     assert "2 complete run(s) that ended before round 5 are left out" in text
     assert "| `fedrsclip` | 72.00 ± 2.83 |" in text and "`promptfl`" not in text
+    assert "| `zeroshot` | 30.00 (n=1) |" in text
 
     assert main(["--runs", str(runs), "--out", str(out)]) == 0  # no budget: both, mixed
     assert "| `fedrsclip` | 0, 1 | 5 |" in out.read_text()
