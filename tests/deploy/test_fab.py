@@ -32,3 +32,14 @@ def test_fab_holds_every_module_of_the_apps() -> None:
     assert {f"{d}/__init__.py" for d in folders} <= set(modules), sorted(
         f"{d}/__init__.py" for d in folders if f"{d}/__init__.py" not in modules
     )
+
+
+def test_fab_leaves_out_the_report_and_stays_far_under_flowers_limit() -> None:
+    """docs/results holds the run archive (13 MB of JSONL by the 10-client grid): shipped in
+    the bundle, it pushed the FAB past Flower's 10 MiB cap and every `flwr run` failed."""
+    from flwr.common.constant import FAB_MAX_SIZE
+
+    data = build_fab_from_disk(REPO)
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert not [n for n in names if n.startswith(("docs/", "tests/", "bench/"))]
+    assert len(data) < FAB_MAX_SIZE // 4, f"app bundle is {len(data):,} bytes"
