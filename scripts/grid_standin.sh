@@ -24,6 +24,7 @@
 #                                                #   all methods + ablations (priority 1)
 #   bash scripts/grid_standin.sh partitions      # data.seed=1 of the 10-client even/Dir(0.1) cells
 #   bash scripts/grid_standin.sh test2040        # 20 and 40 clients, main methods, 3 seeds
+#                                                #   (SEEDS=0 FEDS=ucmerced_20: one seed at 20)
 #   bash scripts/grid_standin.sh central         # centralised rows (one client, all data)
 #   bash scripts/grid_standin.sh fullft          # fedavg-full at 10 clients (communication base)
 #   bash scripts/grid_standin.sh cross           # UC Merced + AID clients (report the UCM ones)
@@ -187,8 +188,9 @@ partitions)
   ;;
 test2040)
   # Stage 2: 20 and 40 clients, every method, even and Dirichlet(0.1).
+  # FEDS narrows it (e.g. SEEDS=0 FEDS=ucmerced_20: one seed of the 20-client cells).
   for seed in ${SEEDS:-0 1 2}; do
-    test_grid "seed=$seed" federation=ucmerced_20,ucmerced_40 split=even,dirichlet0.1 \
+    test_grid "seed=$seed" "federation=${FEDS:-ucmerced_20,ucmerced_40}" split=even,dirichlet0.1 \
       "method=$MAIN"
   done
   ;;
