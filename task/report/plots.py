@@ -50,6 +50,16 @@ def _figure(size: tuple[float, float]) -> Figure:
     return fig
 
 
+def _style(i: int) -> dict[str, str]:
+    """The i-th line's colour, dash and marker: ten colours, then the same colours dashed,
+    so rows beyond the tenth (the ablations) never look like an earlier method."""
+    return {
+        "color": f"C{i % 10}",
+        "ls": ("-", "--", "-.")[(i // 10) % 3],
+        "marker": ("o", "s", "^")[(i // 10) % 3],
+    }
+
+
 def _plot_accuracy(groups: Mapping[str, Group], title: str, path: Path) -> None:
     """Personalised and global accuracy per round, one line per method (seed means)."""
     from matplotlib.ticker import MaxNLocator
@@ -57,7 +67,7 @@ def _plot_accuracy(groups: Mapping[str, Group], title: str, path: Path) -> None:
     fig = _figure((10, 4))
     ax_p, ax_g = fig.subplots(1, 2, sharey=True)
     for i, m in enumerate(sorted(groups, key=method_rank)):
-        color = f"C{i % 10}"
+        style = _style(i)
         for ax, idx in ((ax_p, 1), (ax_g, 2)):
             per_round: dict[int, list[float]] = defaultdict(list)
             for st in groups[m].stats:
@@ -69,9 +79,9 @@ def _plot_accuracy(groups: Mapping[str, Group], title: str, path: Path) -> None:
             xs = sorted(per_round)
             ys = [100 * statistics.fmean(per_round[r]) for r in xs]
             if len(xs) == 1:  # e.g. zeroshot: one evaluation, the same every round
-                ax.axhline(ys[0], color=color, ls=":", label=m)
+                ax.axhline(ys[0], color=style["color"], ls=":", label=m)
             else:
-                ax.plot(xs, ys, marker="o", color=color, label=m)
+                ax.plot(xs, ys, **style, label=m)
     ax_p.set_title("personalised (shared + private)", fontsize=9)
     ax_g.set_title("global (shared prompt only)", fontsize=9)
     for ax in (ax_p, ax_g):
@@ -94,7 +104,7 @@ def _plot_bytes(groups: Mapping[str, Group], title: str, path: Path) -> None:
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, [100 * y for y in ys], marker="o", color=f"C{i % 10}", label=m)
+        ax.plot(xs, [100 * y for y in ys], **_style(i), label=m)
     ax.set_xscale("log")
     ax.set_xlabel("cumulative bytes sent, both directions, all clients (measured)")
     ax.set_ylabel("personalised test accuracy (%)")
@@ -161,7 +171,7 @@ def plot_scaling(feds: Mapping[str, Mapping[str, Group]], out_dir: Path, stem: s
             if m not in by_method:
                 continue
             xs, ys, es = zip(*by_method[m], strict=True)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{i % 10}", label=m)
+            ax.errorbar(xs, ys, yerr=es, capsize=3, **_style(i), label=m)
         ax.axhline(0.0, color="k", lw=0.8, ls=":")
         ax.set_xscale("log")
         ticks = sorted({n for pts in by_method.values() for n, _, _ in pts})
