@@ -103,34 +103,30 @@ def ablation_rows(feds: Mapping[str, Mapping[str, Group]]) -> list[list[str]]:
     return rows
 
 
-_HEADER = ["federation", "{a}", "{b}", "pairs", "seeds × partitions", "mean diff",
-           "95% interval", "verdict"]  # fmt: skip
+def _block(title: str, note: str, a: str, b: str, rows: list[list[str]]) -> list[str]:
+    """A titled table of paired rows (nothing when there are none)."""
+    if not rows:
+        return []
+    header = ["federation", a, b, "pairs", "seeds × partitions", "mean diff",
+              "95% interval", "verdict"]  # fmt: skip
+    return [f"### {title}", "", note, ""] + table(header, rows) + [""]
 
 
 def paired_section(feds: Mapping[str, Mapping[str, Group]]) -> list[str]:
-    lines: list[str] = []
-    rows = paired_rows(feds)
-    if rows:
-        lines += [
-            "### FedRSCLIP minus each baseline, paired (personalised, points)",
-            "",
-            "Each pair: one training seed on one partition (`data.seed`), both methods on the same "
-            "clients and images. Mean of the paired differences and its 95% t-interval; "
-            "*not distinguishable*: the interval covers 0.",
-            "",
-        ]
-        header = [h.format(a="FedRSCLIP row", b="baseline") for h in _HEADER]
-        lines += table(header, rows) + [""]
-    rows = ablation_rows(feds)
-    if rows:
-        lines += [
-            "### Each ablation minus the full method, paired (personalised, points)",
-            "",
-            "The same pairs: an ablation and `fedrsclip` on the same training seed and partition. "
-            "*ablation above*: the full method loses by keeping that part (its whole interval "
-            "is above 0).",
-            "",
-        ]
-        header = [h.format(a="ablation", b="full method") for h in _HEADER]
-        lines += table(header, rows) + [""]
-    return lines
+    return _block(
+        "FedRSCLIP minus each baseline, paired (personalised, points)",
+        "Each pair: one training seed on one partition (`data.seed`), both methods on the same "
+        "clients and images. Mean of the paired differences and its 95% t-interval; "
+        "*not distinguishable*: the interval covers 0.",
+        "FedRSCLIP row",
+        "baseline",
+        paired_rows(feds),
+    ) + _block(
+        "Each ablation minus the full method, paired (personalised, points)",
+        "The same pairs: an ablation and `fedrsclip` on the same training seed and partition. "
+        "*ablation above*: the full method loses by keeping that part (its whole interval "
+        "is above 0).",
+        "ablation",
+        "full method",
+        ablation_rows(feds),
+    )
