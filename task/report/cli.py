@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from task.data.registry import REGISTRY
 from task.locks import LockedError
 from task.report.archive import ArchiveError, merged, update_archive
 from task.report.render import render
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         "first N rounds, complete runs that ended before it are left out (e.g. 10 for the "
         "10-round tables once some runs went on to 20)",
     )
+    parser.add_argument(
+        "--seen-datasets",
+        default="",
+        help="comma-separated datasets the backbone was built with (e.g. aid,nwpu-resisc45): "
+        "the clients of these datasets in a cross-dataset federation are left out of the "
+        "accuracy tables and paired differences, with a note (each federation's own section "
+        "still lists them)",
+    )
     return parser
 
 
@@ -68,6 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--variant-keys: {', '.join(unknown)} not a run-config key of pyproject.toml "
             "(e.g. loss.alpha)"
         )
+    seen = [d.strip() for d in args.seen_datasets.split(",") if d.strip()]
+    unknown = sorted(set(seen) - set(REGISTRY))
+    if unknown:
+        parser.error(
+            f"--seen-datasets: {', '.join(unknown)} not a dataset "
+            f"(use {', '.join(sorted(REGISTRY))})"
+        )
     if args.at_round is not None and args.at_round < 1:
         parser.error(f"--at-round must be >= 1, got {args.at_round}")
     runs = load_runs(args.runs)
@@ -78,7 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(1, f"python -m task.report: {e}\n")
         runs = merged(archived, runs)
         print(f"{args.archive}: {len(archived)} runs ({changed} added or replaced)")
-    text = render(runs, out, preamble, plot_dir, variant_keys=variants, at_round=args.at_round)
+    text = render(
+        runs,
+        out,
+        preamble,
+        plot_dir,
+        variant_keys=variants,
+        at_round=args.at_round,
+        seen_datasets=seen,
+    )
     out.write_text(text + "\n")
     print(f"wrote {out} ({sum(r.complete for r in runs)} complete runs of {len(runs)})")
     return 0

@@ -31,6 +31,7 @@ class Group:
     runs: list[Run]
     stats: list[RunStats]
     superseded: list[Run] = field(default_factory=list)
+    member: str = ""  # a cross-dataset federation's member dataset this row covers (members.py)
 
 
 def base_method(label: str) -> str:

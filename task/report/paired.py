@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from task.report.grouping import BASELINES, Group, base_method, method_rank
 from task.report.labels import federation_label
+from task.report.members import member_label
 from task.report.runs import with_defaults
 from task.report.stats import num
 from task.report.tables import table
@@ -43,6 +44,8 @@ def _pooled(feds: Mapping[str, Mapping[str, Group]]) -> dict[str, dict[str, dict
             for run, st in zip(g.runs, g.stats, strict=True):
                 cfg = with_defaults(run.config)
                 base = federation_label({**run.config, "data.seed": 0})
+                if g.member:
+                    base = member_label(base, g.member)
                 acc = num(st.personalised)
                 if acc is not None:
                     out[base][m][(cfg["train.seed"], cfg["data.seed"])] = acc

@@ -3,12 +3,13 @@ then the runs left out (superseded reruns, incomplete runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from task.report.grouping import BASELINES, Group, Grouped, group_runs, method_rank
 from task.report.labels import data_identity
+from task.report.members import member_views
 from task.report.paired import paired_section
 from task.report.plots import plot_federation, plot_scaling, slug
 from task.report.rising import RISING_POINTS, RISING_WINDOW, rising_rows
@@ -54,6 +55,16 @@ FEDERATION_NOTE = (
 CROSS_NOTE = (
     "Final accuracy (%) of each member dataset's clients, pooled over their "
     "test images; clients are numbered in `data.cross` order."
+)
+MEMBERS_NOTE = (
+    "A cross-dataset federation appears as one column per member dataset (*· ucmerced "
+    "clients*): that member's clients' final accuracy pooled over their own test images, "
+    "from the same runs (its pooled accuracy is in the federation's own section below)."
+)
+SEEN_NOTE = (
+    "Left out of these tables and the paired differences (`--seen-datasets`: the backbone was "
+    "built with these datasets, so its accuracy there judges no method): {members}. Their "
+    "numbers stay in each federation's *By member dataset* table."
 )
 RISING_NOTE = (
     "Rows whose personalised accuracy (mean over seeds) gained at least {points} points over "
@@ -208,19 +219,27 @@ def _setup_section(
     defaults: Mapping[str, Any],
     out: Path,
     plot_dir: Path,
+    seen_datasets: Collection[str] = (),
 ) -> list[str]:
-    """One setup: its description, accuracy tables over federations, margins, plots."""
+    """One setup: its description, accuracy tables over federations, margins, plots.
+    The tables, margins and paired differences show a cross-dataset federation by member
+    dataset, without the members in ``seen_datasets`` (:mod:`task.report.members`)."""
     example = next(iter(next(iter(feds.values())).values())).runs[0]
     lines = [f"## Setup {s_index}", ""]
     lines += setup_description(example, defaults)
     lines += _missing_key_notes(feds, defaults)
     lines.append("")
-    fed_names = sorted(feds)
+    views, left_out = member_views(feds, seen_datasets)
+    fed_names = sorted(views)
     for title, attr in (("personalised", "personalised"), ("global", "global_")):
         lines += [f"### Final {title} accuracy (%)", ""]
-        lines += table(["method", *fed_names], accuracy_rows(feds, fed_names, attr)) + [""]
-    lines += _margins(feds, fed_names)
-    lines += paired_section(feds)
+        lines += table(["method", *fed_names], accuracy_rows(views, fed_names, attr)) + [""]
+    if any(" · " in f for f in fed_names) or left_out:
+        lines += [MEMBERS_NOTE, ""]
+    if left_out:
+        lines += [SEEN_NOTE.format(members=", ".join(f"*{m}*" for m in left_out)), ""]
+    lines += _margins(views, fed_names)
+    lines += paired_section(views)
     rising = rising_rows(feds)
     if rising:
         lines += ["### Curves still rising at the last round", ""]
@@ -230,7 +249,7 @@ def _setup_section(
     scaling = plot_scaling(feds, plot_dir, slug(f"setup{s_index}"))
     if scaling:
         lines += [image_link(scaling, out), ""]
-    for f in fed_names:
+    for f in sorted(feds):
         lines += _federation_section(f, feds[f], s_index, out, plot_dir)
     return lines
 
@@ -297,10 +316,13 @@ def render(
     defaults: Mapping[str, Any] | None = None,
     variant_keys: Sequence[str] = (),
     at_round: int | None = None,
+    seen_datasets: Collection[str] = (),
 ) -> str:
     """The markdown report; writes the PNGs under ``plot_dir`` (default ``<out dir>/results``).
     With ``at_round``, every run as it stood after that round (:func:`runs.at_round`); the
-    complete runs that never got there are left out."""
+    complete runs that never got there are left out. ``seen_datasets``: member datasets of a
+    cross-dataset federation kept out of the tables and paired differences (the backbone was
+    built with them)."""
     defaults = app_defaults() if defaults is None else defaults
     plot_dir = plot_dir or out.parent / "results"
     dropped = 0
@@ -316,7 +338,7 @@ def render(
         key=lambda kv: (-sum(len(g.runs) for f in kv[1].values() for g in f.values()), kv[0]),
     )
     for s_index, (_setup, feds) in enumerate(ordered, 1):
-        lines += _setup_section(s_index, feds, defaults, out, plot_dir)
+        lines += _setup_section(s_index, feds, defaults, out, plot_dir, seen_datasets)
     lines += _superseded_section(grouped)
     lines += _incomplete_section(runs)
     return "\n".join(lines)
