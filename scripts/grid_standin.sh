@@ -50,8 +50,10 @@ COMMON=(recipe=standin "rounds=$ROUNDS" launch.continue_on_error=true ${GRID_OVE
 MAIN=zeroshot,local,promptfl,fedprox,fedotp,fedpgp,promptfolio,pfedmoap,fedrsclip
 # The cross-dataset federation's methods: its five AID clients hold 2,000 images each, so a run
 # costs ~8x a 10-client UC Merced one; the references (zero-shot, local, the shared-only
-# promptfl), the two strongest personalised baselines of the 10-client grid and FedRSCLIP.
-CROSS_METHODS=${CROSS_METHODS:-zeroshot,local,promptfl,promptfolio,pfedmoap,fedrsclip}
+# promptfl), the two strongest personalised baselines of the 10-client grid, FedRSCLIP and its
+# private-prompt head (-separate: what the entropy head's mix with the shared prompt costs the
+# UC Merced clients, whose labels look half the federation's but whose images do not).
+CROSS_METHODS=${CROSS_METHODS:-zeroshot,local,promptfl,promptfolio,pfedmoap,fedrsclip,fedrsclip-separate}
 ABLATIONS=fedrsclip-noprivate,fedrsclip-nodpa,fedrsclip-noot,fedrsclip-separate,fedrsclip-concat
 # Settings tuning chose beyond recipe=standin (docs/results/tuning.md); empty = the defaults.
 TUNED=${TUNED:-}
