@@ -129,7 +129,8 @@ def plot_federation(
 def scaling_series(feds: Mapping[str, Mapping[str, Group]]) -> Series:
     """{dataset + split: {method: [(clients, gain, std), ...]}}: final personalised accuracy
     minus zero-shot's in the same federation (points), for non-cross federations where
-    `zeroshot` ran, and only datasets/splits that ran at two or more federation sizes.
+    `zeroshot` ran, and only datasets/splits and methods that ran at two or more federation
+    sizes.
 
     Why relative: each client splits its own images into train and test, so a different number
     of clients means different test images (zero-shot itself moves by several points); the gain
@@ -148,8 +149,9 @@ def scaling_series(feds: Mapping[str, Mapping[str, Group]]) -> Series:
             if m != "zeroshot" and mean is not None:
                 n = g.stats[0].clients
                 out[key].setdefault(m, []).append((n, 100 * (mean - ref), 100 * (std or 0.0)))
+    # A method at one size only (an ablation run at 10 clients) draws no line: left out.
     return {
-        k: {m: sorted(pts) for m, pts in v.items()}
+        k: {m: sorted(pts) for m, pts in v.items() if len(pts) >= 2}
         for k, v in sorted(out.items())
         if len({n for pts in v.values() for n, _, _ in pts}) >= 2
     }
@@ -181,12 +183,13 @@ def plot_scaling(feds: Mapping[str, Mapping[str, Group]], out_dir: Path, stem: s
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("personalised accuracy − zero-shot (points)")
-    axes[-1].legend(fontsize=7, loc="best")
+    # Beside the panels: with a dozen rows, a legend inside hides the points it names.
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(
         "gain over zero-shot on the same test images vs federation size (mean ± std over seeds)",
         fontsize=9,
     )
     fig.tight_layout()
     path = out_dir / f"{stem}-scaling.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path

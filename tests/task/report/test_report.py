@@ -224,6 +224,7 @@ def test_scaling_plot_is_gain_over_zeroshot_across_sizes(tmp_path: Path) -> None
     for seed, acc in enumerate([0.4, 0.5]):
         make_run(runs, "promptfl", seed, [0.2, acc], **n40)
     make_run(runs, "fedrsclip", 0, [0.2, 0.45], **{"data.num-clients": 20})  # no zero-shot
+    make_run(runs, "fedrsclip-nodpa", 0, [0.2, 0.6])  # 10 clients only: no line to draw
     assert main(["--runs", str(runs), "--out", str(out)]) == 0
     assert "![setup1-scaling](results/setup1-scaling.png)" in out.read_text()
     assert (tmp_path / "results" / "setup1-scaling.png").stat().st_size > 0
@@ -238,6 +239,7 @@ def test_scaling_plot_is_gain_over_zeroshot_across_sizes(tmp_path: Path) -> None
     assert promptfl[1][1] == pytest.approx(15.0)  # mean(40, 50)% - 30%, 40 clients
     assert promptfl[1][2] == pytest.approx(100 * 0.0707107, rel=1e-4)  # sample std
     assert "fedrsclip" not in series["Fed-UCMerced even"]  # its federation has no zero-shot
+    assert "fedrsclip-nodpa" not in series["Fed-UCMerced even"]  # one size
 
 
 def test_variant_key_makes_a_method_row_not_a_setup(tmp_path: Path) -> None:
