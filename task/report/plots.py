@@ -149,12 +149,10 @@ def scaling_series(feds: Mapping[str, Mapping[str, Group]]) -> Series:
             if m != "zeroshot" and mean is not None:
                 n = g.stats[0].clients
                 out[key].setdefault(m, []).append((n, 100 * (mean - ref), 100 * (std or 0.0)))
-    # A method at one size only (an ablation run at 10 clients) draws no line: left out.
-    return {
-        k: {m: sorted(pts) for m, pts in v.items() if len(pts) >= 2}
-        for k, v in sorted(out.items())
-        if len({n for pts in v.values() for n, _, _ in pts}) >= 2
-    }
+    # A method at one size only (an ablation run at 10 clients) draws no line: left out, and a
+    # panel left with no line is dropped. One point per size: data.seed names its own split.
+    lines = {k: {m: sorted(pts) for m, pts in v.items() if len(pts) >= 2} for k, v in out.items()}
+    return {k: v for k, v in sorted(lines.items()) if v}
 
 
 def plot_scaling(feds: Mapping[str, Mapping[str, Group]], out_dir: Path, stem: str) -> Path | None:
